@@ -1,0 +1,94 @@
+"""The one container walker: every image of a pod or a workload's pod template."""
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+CONTAINER_LISTS: Final = ("initContainers", "containers", "ephemeralContainers")
+
+# Where the pod spec lives inside each kind of object, as a path of keys.
+_POD_SPEC_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
+    "Pod": ("spec",),
+    "Deployment": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "ReplicaSet": ("spec", "template", "spec"),
+    "ReplicationController": ("spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+_POD_METADATA_PATHS: Final[Mapping[str, tuple[str, ...]]] = {
+    kind: (*path[:-1], "metadata") for kind, path in _POD_SPEC_PATHS.items()
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerImage:
+    """One container's image, with the JSON pointer of its `image` field."""
+
+    list_name: str
+    index: int
+    container: str
+    image: str
+    pointer: str
+
+    @property
+    def label(self) -> str:
+        """How messages name the container: `containers[app]`."""
+        return f"{self.list_name}[{self.container}]"
+
+
+def pod_spec_path(kind: str) -> tuple[str, ...] | None:
+    """The keys leading to the pod spec of `kind`, or None for kinds without one."""
+    return _POD_SPEC_PATHS.get(kind)
+
+
+def pod_labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    """The labels the pods of `obj` carry (for a workload: its template's labels)."""
+    path = _POD_METADATA_PATHS.get(str(obj.get("kind", "")), ("metadata",))
+    metadata = _descend(obj, path)
+    labels = metadata.get("labels") if metadata is not None else None
+    if not isinstance(labels, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def walk(obj: Mapping[str, Any]) -> Iterator[ContainerImage]:
+    """Yield every container image in `obj`, a Pod or a workload, in spec order.
+
+    Malformed parts (a list that is not a list, a container without an image)
+    are skipped: the apiserver's own validation reports them better than we can.
+    """
+    path = pod_spec_path(str(obj.get("kind", "")))
+    if path is None:
+        return
+    spec = _descend(obj, path)
+    if spec is None:
+        return
+    prefix = "".join(f"/{key}" for key in path)
+    for list_name in CONTAINER_LISTS:
+        containers = spec.get(list_name)
+        if not isinstance(containers, list):
+            continue
+        for index, container in enumerate(containers):
+            if not isinstance(container, Mapping):
+                continue
+            image = container.get("image")
+            if not isinstance(image, str) or not image:
+                continue
+            yield ContainerImage(
+                list_name=list_name,
+                index=index,
+                container=str(container.get("name", index)),
+                image=image,
+                pointer=f"{prefix}/{list_name}/{index}/image",
+            )
+
+
+def _descend(obj: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any] | None:
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node if isinstance(node, Mapping) else None

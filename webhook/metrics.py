@@ -1,0 +1,71 @@
+"""Prometheus metrics: the only module that imports prometheus_client.
+
+Every metric is created once here, on a registry of our own, so that tests and
+benchmarks can create several webhooks in one process without clashes.
+"""
+
+from typing import Final
+
+import prometheus_client
+
+REGISTRY: Final = prometheus_client.CollectorRegistry(auto_describe=True)
+
+ADMISSIONS: Final = prometheus_client.Counter(
+    "digestguard_admissions",
+    "Admission requests answered, by handler and decision (allowed, mutated, denied).",
+    ["handler", "decision"],
+    registry=REGISTRY,
+)
+ADMISSION_SECONDS: Final = prometheus_client.Histogram(
+    "digestguard_admission_duration_seconds",
+    "Time from receiving an AdmissionReview to answering it.",
+    ["handler"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+VIOLATIONS: Final = prometheus_client.Counter(
+    "digestguard_violations",
+    "Policy violations found, by policy action and reason (Audit ones are only warnings).",
+    ["action", "reason"],
+    registry=REGISTRY,
+)
+REGISTRY_CALLS: Final = prometheus_client.Counter(
+    "digestguard_registry_calls",
+    "Calls to the registry API, by operation and outcome (ok, error, throttled).",
+    ["operation", "outcome"],
+    registry=REGISTRY,
+)
+REGISTRY_SECONDS: Final = prometheus_client.Histogram(
+    "digestguard_registry_call_duration_seconds",
+    "Duration of registry API calls, retries included.",
+    ["operation"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+CACHE_LOOKUPS: Final = prometheus_client.Counter(
+    "digestguard_cache_lookups",
+    "Resolver cache lookups, by cache (digests, mutability) and result (hit, miss, stale).",
+    ["cache", "result"],
+    registry=REGISTRY,
+)
+CACHE_ENTRIES: Final = prometheus_client.Gauge(
+    "digestguard_cache_entries",
+    "Entries held in each resolver cache.",
+    ["cache"],
+    registry=REGISTRY,
+)
+POLICIES_LOADED: Final = prometheus_client.Gauge(
+    "digestguard_policies_loaded",
+    "DigestPolicies currently enforced (accepted ones only).",
+    registry=REGISTRY,
+)
+POLICIES_REJECTED: Final = prometheus_client.Gauge(
+    "digestguard_policies_rejected",
+    "DigestPolicies whose spec could not be accepted.",
+    registry=REGISTRY,
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current metrics in the text format, and its content type."""
+    return prometheus_client.generate_latest(REGISTRY), prometheus_client.CONTENT_TYPE_LATEST

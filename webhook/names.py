@@ -1,0 +1,52 @@
+"""Every name shared between the code, the chart and the tests, defined once.
+
+The chart's webhook paths are the handler ids below; `tests/unit/test_chart*.py`
+fails if the rendered webhook configurations drift from them.
+"""
+
+from typing import Final
+
+GROUP: Final = "digestguard.io"
+VERSION: Final = "v1alpha1"
+KIND: Final = "DigestPolicy"
+PLURAL: Final = "digestpolicies"
+SHORT_NAME: Final = "dgp"
+POLICY_RESOURCE: Final = f"{PLURAL}.{GROUP}"
+
+ANNOTATION_ORIGINAL_IMAGES: Final = f"{GROUP}/original-images"
+LABEL_EXCLUDE_NAMESPACE: Final = f"{GROUP}/exclude"
+
+# Handler ids double as the URL paths of the webhook configurations.
+MUTATE_PODS: Final = "mutate-pods"
+VALIDATE_PODS: Final = "validate-pods"
+MUTATE_EPHEMERAL: Final = "mutate-ephemeralcontainers"
+VALIDATE_EPHEMERAL: Final = "validate-ephemeralcontainers"
+
+# (handler id, API group, version, plural) of every workload whose template is checked.
+WORKLOADS: Final[tuple[tuple[str, str, str, str], ...]] = (
+    ("validate-deployments", "apps", "v1", "deployments"),
+    ("validate-statefulsets", "apps", "v1", "statefulsets"),
+    ("validate-daemonsets", "apps", "v1", "daemonsets"),
+    ("validate-replicasets", "apps", "v1", "replicasets"),
+    ("validate-replicationcontrollers", "", "v1", "replicationcontrollers"),
+    ("validate-jobs", "batch", "v1", "jobs"),
+    ("validate-cronjobs", "batch", "v1", "cronjobs"),
+)
+
+MUTATING_HANDLERS: Final = (MUTATE_PODS, MUTATE_EPHEMERAL)
+VALIDATING_HANDLERS: Final = (VALIDATE_PODS, VALIDATE_EPHEMERAL) + tuple(w[0] for w in WORKLOADS)
+ALL_HANDLERS: Final = MUTATING_HANDLERS + VALIDATING_HANDLERS
+
+# Reasons in policy status conditions.
+REASON_ACCEPTED: Final = "Accepted"
+REASON_INVALID: Final = "InvalidSpec"
+
+# Reasons carried by denials and warnings; each is also a metric label value.
+REASON_IMAGE_MISSING: Final = "ImageMissing"
+REASON_TAG_NOT_PINNED: Final = "TagNotPinned"
+REASON_REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
+REASON_INTEGRITY: Final = "DigestMismatch"
+REASON_INVALID_REFERENCE: Final = "InvalidImageReference"
+REASON_TAG_MOVED: Final = "TagMoved"
+REASON_STALE_DIGEST: Final = "StaleDigest"
+REASON_UNSUPPORTED_REGISTRY: Final = "UnsupportedRegistry"

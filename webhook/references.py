@@ -1,0 +1,218 @@
+"""Image references: the one parser of the Docker/OCI reference grammar, and ECR hosts.
+
+The grammar is the one of `distribution/reference` (the code every container
+runtime uses), so a string accepted here is one a kubelet can pull, and a string
+refused here gets a message saying which part is wrong.
+"""
+
+import dataclasses
+import re
+from typing import Final, NewType
+
+from webhook import errors
+
+Digest = NewType("Digest", str)
+"""An OCI content digest, `algorithm:hex`, for example `sha256:9f86…`."""
+
+DOCKER_HUB: Final = "docker.io"
+_DOCKER_HUB_ALIASES: Final = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+NAME_MAX_LENGTH: Final = 255
+
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|-+)"
+_PATH_COMPONENT = re.compile(rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*")
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = re.compile(
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+)
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+_DIGEST_HEX_LENGTHS: Final = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+
+@dataclasses.dataclass(frozen=True)
+class EcrRegistry:
+    """Where an ECR private registry lives: the account is BatchGetImage's registryId."""
+
+    account: str
+    region: str
+    partition: str
+    fips: bool
+    dualstack: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageReference:
+    """A parsed, normalised image reference; `original` is the string as written."""
+
+    original: str
+    registry: str
+    repository: str
+    tag: str | None
+    digest: Digest | None
+
+    @property
+    def name(self) -> str:
+        """`registry/repository`: what policy globs are matched against."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def ecr(self) -> EcrRegistry | None:
+        return parse_ecr_host(self.registry)
+
+    def pinned(self, digest: Digest, *, keep_tag: bool) -> str:
+        """The reference as it should be written to pin `digest`.
+
+        The original spelling of registry and repository is kept (`nginx` stays
+        `nginx`), so only the tag/digest part of the string changes.
+        """
+        base = self.original.split("@", 1)[0]
+        if self.tag is not None:
+            untagged = base[: -(len(self.tag) + 1)]
+        else:
+            untagged = base
+        if keep_tag and self.tag is not None:
+            return f"{untagged}:{self.tag}@{digest}"
+        return f"{untagged}@{digest}"
+
+
+def parse(image: str) -> ImageReference:
+    """Parse `image`, or raise `InvalidReference` naming the part that is wrong."""
+    if not image:
+        raise errors.InvalidReference(image, "the reference is empty")
+    if image != image.strip():
+        raise errors.InvalidReference(image, "leading or trailing whitespace")
+    if any(ch.isspace() for ch in image):
+        raise errors.InvalidReference(image, "whitespace inside the reference")
+    if image.count("@") > 1:
+        raise errors.InvalidReference(image, "more than one '@'")
+
+    remainder, _, digest = image.partition("@")
+    if "@" in image:
+        _check_digest(image, digest)
+
+    registry, path = _split_registry(image, remainder)
+    path, tag = _split_tag(image, path)
+
+    if not path:
+        raise errors.InvalidReference(image, "the repository name is empty")
+    for component in path.split("/"):
+        if not component:
+            raise errors.InvalidReference(image, "the repository name has an empty path component")
+        if not _PATH_COMPONENT.fullmatch(component):
+            problem = (
+                f"repository path component {component!r} must be lowercase letters and"
+                " digits, separated by '.', '_', '__' or '-'"
+            )
+            raise errors.InvalidReference(image, problem)
+    written_name = f"{registry}/{path}" if registry else path
+    if len(written_name) > NAME_MAX_LENGTH:
+        raise errors.InvalidReference(
+            image, f"the name is {len(written_name)} characters long (at most {NAME_MAX_LENGTH})"
+        )
+
+    if registry is None:
+        registry = DOCKER_HUB
+    elif registry in _DOCKER_HUB_ALIASES:
+        registry = DOCKER_HUB
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    return ImageReference(
+        original=image,
+        registry=registry,
+        repository=path,
+        tag=tag,
+        digest=Digest(digest) if digest else None,
+    )
+
+
+def _check_digest(image: str, digest: str) -> None:
+    if not digest:
+        raise errors.InvalidReference(image, "'@' is not followed by a digest")
+    if not _DIGEST.fullmatch(digest):
+        raise errors.InvalidReference(
+            image, f"digest {digest!r} is not 'algorithm:hex' with at least 32 hex digits"
+        )
+    algorithm, _, hex_part = digest.partition(":")
+    expected = _DIGEST_HEX_LENGTHS.get(algorithm)
+    if expected is not None:
+        if len(hex_part) != expected:
+            problem = f"a {algorithm} digest has {expected} hex digits, not {len(hex_part)}"
+            raise errors.InvalidReference(image, problem)
+        if hex_part != hex_part.lower():
+            raise errors.InvalidReference(image, f"a {algorithm} digest must be lowercase hex")
+
+
+def _split_registry(image: str, remainder: str) -> tuple[str | None, str]:
+    first, slash, rest = remainder.partition("/")
+    # The first component is a registry host only if it looks like one: this is how
+    # every runtime tells `localhost:5000/app` from `library/app`.
+    if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        if not _DOMAIN.fullmatch(first):
+            raise errors.InvalidReference(image, f"registry host {first!r} is not a valid host[:port]")
+        return first, rest
+    return None, remainder
+
+
+def _split_tag(image: str, path: str) -> tuple[str, str | None]:
+    last_slash = path.rfind("/")
+    colon = path.find(":", last_slash + 1)
+    if colon < 0:
+        return path, None
+    tag = path[colon + 1 :]
+    if not tag:
+        raise errors.InvalidReference(image, "':' is not followed by a tag")
+    if not _TAG.fullmatch(tag):
+        problem = (
+            f"tag {tag!r} must be 1-128 characters of letters, digits, '_', '.' or '-',"
+            " not starting with '.' or '-'"
+        )
+        raise errors.InvalidReference(image, problem)
+    return path[:colon], tag
+
+
+# Every host form of an ECR private registry, after the forms that AWS documents and
+# that amazon-ecr-credential-helper accepts.
+_ECR_HOST: Final = re.compile(
+    r"(?P<account>[0-9]{12})"
+    r"\.dkr(?P<dualstack_dash>-ecr|\.ecr)(?P<fips>-fips)?"
+    r"\.(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]+)"
+    r"\.(?P<suffix>amazonaws\.com\.cn|amazonaws\.com|on\.aws|on\.amazonwebservices\.com\.cn"
+    r"|c2s\.ic\.gov|sc2s\.sgov\.gov|cloud\.adc-e\.uk|csp\.hci\.ic\.gov)"
+)
+_PARTITION_OF_SUFFIX: Final = {
+    "amazonaws.com": "aws",
+    "on.aws": "aws",
+    "amazonaws.com.cn": "aws-cn",
+    "on.amazonwebservices.com.cn": "aws-cn",
+    "c2s.ic.gov": "aws-iso",
+    "sc2s.sgov.gov": "aws-iso-b",
+    "cloud.adc-e.uk": "aws-iso-e",
+    "csp.hci.ic.gov": "aws-iso-f",
+}
+_DUALSTACK_SUFFIXES: Final = frozenset({"on.aws", "on.amazonwebservices.com.cn"})
+
+
+def parse_ecr_host(host: str) -> EcrRegistry | None:
+    """The ECR registry that `host` names, or None when it is not an ECR private registry."""
+    match = _ECR_HOST.fullmatch(host.lower())
+    if match is None:
+        return None
+    suffix = match["suffix"]
+    dualstack = suffix in _DUALSTACK_SUFFIXES
+    # Dual-stack hosts are spelled `dkr-ecr`, IPv4-only ones `dkr.ecr`; a mix is no ECR host.
+    if dualstack != (match["dualstack_dash"] == "-ecr"):
+        return None
+    partition = _PARTITION_OF_SUFFIX[suffix]
+    region = match["region"]
+    if partition == "aws" and region.startswith("us-gov-"):
+        partition = "aws-us-gov"
+    if (partition == "aws-cn") != region.startswith("cn-"):
+        return None
+    return EcrRegistry(
+        account=match["account"],
+        region=region,
+        partition=partition,
+        fips=match["fips"] is not None,
+        dualstack=dualstack,
+    )
