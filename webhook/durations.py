@@ -21,7 +21,5 @@ def parse_seconds(text: str) -> float:
         total += float(match[1]) * _UNIT_SECONDS[match[2]]
         position = match.end()
     if position != len(text) or not text:
-        raise errors.InvalidDuration(
-            f"{text!r} is not a duration such as '30s', '10m' or '1h30m'"
-        )
+        raise errors.InvalidDuration(f"{text!r} is not a duration such as '30s', '10m' or '1h30m'")
     return total

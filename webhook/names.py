@@ -33,6 +33,16 @@ WORKLOADS: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("validate-cronjobs", "batch", "v1", "cronjobs"),
 )
 
+# Which (API group, plural, subresource) each handler id accepts; anything else sent to
+# a path is refused, so a misrouted webhook configuration never admits silently.
+ROUTES: Final[dict[str, frozenset[tuple[str, str, str | None]]]] = {
+    MUTATE_PODS: frozenset({("", "pods", None)}),
+    VALIDATE_PODS: frozenset({("", "pods", None)}),
+    MUTATE_EPHEMERAL: frozenset({("", "pods", "ephemeralcontainers")}),
+    VALIDATE_EPHEMERAL: frozenset({("", "pods", "ephemeralcontainers")}),
+    **{handler: frozenset({(group, plural, None)}) for handler, group, _, plural in WORKLOADS},
+}
+
 MUTATING_HANDLERS: Final = (MUTATE_PODS, MUTATE_EPHEMERAL)
 VALIDATING_HANDLERS: Final = (VALIDATE_PODS, VALIDATE_EPHEMERAL) + tuple(w[0] for w in WORKLOADS)
 ALL_HANDLERS: Final = MUTATING_HANDLERS + VALIDATING_HANDLERS

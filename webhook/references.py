@@ -149,7 +149,9 @@ def _split_registry(image: str, remainder: str) -> tuple[str | None, str]:
     # every runtime tells `localhost:5000/app` from `library/app`.
     if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
         if not _DOMAIN.fullmatch(first):
-            raise errors.InvalidReference(image, f"registry host {first!r} is not a valid host[:port]")
+            raise errors.InvalidReference(
+                image, f"registry host {first!r} is not a valid host[:port]"
+            )
         return first, rest
     return None, remainder
 

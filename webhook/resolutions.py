@@ -42,6 +42,18 @@ class Query:
         return f"{self.repository}:{self.tag}"
 
 
+IMPLICIT_TAG = "latest"
+"""The tag a container runtime pulls when a reference names none."""
+
+
+def existence_query(reference: references.ImageReference) -> Query:
+    """The query whose outcome says whether `reference` exists: its digest, else its tag."""
+    repository = Repository(reference.registry, reference.repository)
+    if reference.digest is not None:
+        return Query(repository, digest=reference.digest)
+    return Query(repository, tag=reference.tag or IMPLICIT_TAG)
+
+
 @dataclasses.dataclass(frozen=True)
 class Found:
     digest: references.Digest

@@ -1,0 +1,268 @@
+"""The kopf edge: the only module that imports kopf.
+
+It registers the admission handlers (one id per webhook path), the indexes of
+DigestPolicies and namespace labels, and the policy status reporter; builds the
+request model for the decision core; and turns verdicts into what kopf sends back.
+"""
+
+import asyncio
+import dataclasses
+import datetime
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import kopf
+from kopf._core.reactor import inventory
+
+from webhook import decisions, errors, metrics, names, policies, resolver, serving
+
+logger = logging.getLogger("digestguard.admission")
+
+POLICY_INDEX = "policy_index"
+NAMESPACE_INDEX = "namespace_index"
+
+NamespaceReader = Callable[[str], Awaitable[dict[str, str] | None]]
+
+
+class _AdmissionOnlyMemories(inventory.ResourceMemories):
+    """kopf keeps a memory per object uid for every non-CREATE admission and never
+    forgets it unless it also watches that resource: with a stream of pod UPDATEs
+    that grows without bound. Admission memos are never used here, so none is kept."""
+
+    async def recall_memo(
+        self, raw_body: Any, *, memobase: Any = None, ephemeral: bool = False
+    ) -> Any:
+        return await super().recall_memo(raw_body, memobase=memobase, ephemeral=True)
+
+
+@dataclasses.dataclass
+class Admission:
+    """Everything the handlers share, passed in rather than global."""
+
+    resolver: resolver.Resolver
+    own_namespace: str
+    resolve_deadline: float
+    read_namespace_labels: NamespaceReader
+    clock: Callable[[], float] = time.monotonic
+    indexes_loaded: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def registry(self) -> kopf.OperatorRegistry:
+        registry = kopf.OperatorRegistry()
+        kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
+        policy_resource = (names.GROUP, names.VERSION, names.PLURAL)
+        kopf.index(*policy_resource, id=POLICY_INDEX, registry=registry)(_index_policy)
+        kopf.index("namespaces", id=NAMESPACE_INDEX, registry=registry)(_index_namespace)
+        kopf.on.event(*policy_resource, id="policy-status", registry=registry)(
+            _report_policy_status
+        )
+        kopf.on.event("namespaces", id="indexes-loaded", registry=registry)(
+            self._mark_indexes_loaded
+        )
+        operations = ["CREATE", "UPDATE"]
+        # subresource="*": the subresource is checked by the server's routing table.
+        for handler_id in names.MUTATING_HANDLERS:
+            kopf.on.mutate(
+                "pods", id=handler_id, subresource="*", operations=operations, registry=registry
+            )(functools.partial(self._handle, decisions.Phase.MUTATING))
+        for handler_id in (names.VALIDATE_PODS, names.VALIDATE_EPHEMERAL):
+            kopf.on.validate(
+                "pods", id=handler_id, subresource="*", operations=operations, registry=registry
+            )(functools.partial(self._handle, decisions.Phase.VALIDATING))
+        for handler_id, group, version, plural in names.WORKLOADS:
+            resource = (group, version, plural) if group else (plural,)
+            kopf.on.validate(*resource, id=handler_id, operations=operations, registry=registry)(
+                functools.partial(self._handle, decisions.Phase.VALIDATING)
+            )
+        return registry
+
+    async def run(
+        self,
+        server: serving.AdmissionServer,
+        *,
+        stop_flag: asyncio.Event,
+        ready_flag: asyncio.Event | None = None,
+    ) -> None:
+        """Run kopf with this admission's handlers until `stop_flag` is set."""
+        settings = kopf.OperatorSettings()
+        settings.admission.server = server
+        settings.admission.managed = None  # the Helm chart owns the webhook configurations
+        settings.posting.enabled = False  # no Events RBAC needed; logs carry everything
+        settings.scanning.disabled = True  # no CRD/namespace list RBAC needed
+        settings.watching.server_timeout = 300
+        await kopf.operator(
+            registry=self.registry(),
+            settings=settings,
+            memories=_AdmissionOnlyMemories(),
+            clusterwide=True,
+            standalone=True,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+
+    async def _mark_indexes_loaded(self, **_: Any) -> None:
+        # kopf runs no event handler before every index has its initial listing.
+        if not self.indexes_loaded.is_set():
+            logger.info("policies and namespaces indexed")
+            self.indexes_loaded.set()
+
+    async def _handle(
+        self,
+        phase: decisions.Phase,
+        *,
+        body: kopf.Body,
+        old: kopf.Body | None,
+        operation: str | None,
+        patch: kopf.Patch,
+        warnings: list[str],
+        **kwargs: Any,
+    ) -> None:
+        # kopf does not enforce `operations=` at request time.
+        if operation not in ("CREATE", "UPDATE"):
+            return
+        verdict = await self.decide(
+            phase,
+            obj=body,
+            old=old,
+            operation=operation,
+            policy_index=kwargs[POLICY_INDEX],
+            namespace_index=kwargs[NAMESPACE_INDEX],
+        )
+        if verdict is None:
+            return
+        warnings.extend(verdict.warnings)
+        for finding in verdict.findings:
+            metrics.VIOLATIONS.labels(finding.policy.action.value, finding.reason).inc()
+            logger.log(
+                logging.WARNING if finding.denies else logging.INFO,
+                finding.message,
+                extra={
+                    "namespace": _namespace(body),
+                    "object": _object_name(body),
+                    "container": finding.subject.container.label,
+                    "image": finding.subject.container.image,
+                    "policy": finding.policy.name,
+                    "action": finding.policy.action.value,
+                    "reason": finding.reason,
+                    "denied": finding.denies,
+                },
+            )
+        if not verdict.allowed:
+            raise kopf.AdmissionError(verdict.message, code=403)
+        if verdict.edits:
+            patch.fns.append(functools.partial(decisions.apply_edits, verdict=verdict))
+
+    async def decide(
+        self,
+        phase: decisions.Phase,
+        *,
+        obj: Mapping[str, Any],
+        old: Mapping[str, Any] | None,
+        operation: str,
+        policy_index: Mapping[Any, Any],
+        namespace_index: Mapping[Any, Any],
+    ) -> decisions.Verdict | None:
+        """The verdict for one admission, or None when no policy has anything to say."""
+        namespace = _namespace(obj)
+        if namespace == self.own_namespace:
+            return None
+        active = _policies(policy_index)
+        if not active:
+            return None
+        labels = await self._namespace_labels(namespace, namespace_index)
+        review = decisions.Review(operation=operation, namespace=namespace, obj=obj, old=old)
+        the_plan = decisions.plan(review, active, labels, phase)
+        if not the_plan.subjects:
+            return None
+        deadline = self.clock() + self.resolve_deadline
+        outcomes, mutabilities = await asyncio.gather(
+            self.resolver.resolve(the_plan.queries, deadline=deadline),
+            self.resolver.mutability(the_plan.repositories_for_mutability, deadline=deadline),
+        )
+        return decisions.decide(the_plan, outcomes, mutabilities)
+
+    async def _namespace_labels(self, namespace: str, index: Mapping[Any, Any]) -> dict[str, str]:
+        if not namespace:
+            return {}
+        for labels in index.get(namespace, ()):
+            return dict(labels)
+        # A namespace created a moment before its first pod may not be indexed yet.
+        labels = await self.read_namespace_labels(namespace)
+        return labels if labels is not None else {}
+
+
+def _policies(index: Mapping[Any, Any]) -> list[policies.Policy]:
+    return [
+        value for store in index.values() for value in store if isinstance(value, policies.Policy)
+    ]
+
+
+def _index_policy(
+    name: str, spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any
+) -> dict[str, policies.Policy | str]:
+    try:
+        return {name: policies.parse(name, int(meta.get("generation", 0)), spec)}
+    except errors.InvalidPolicy as error:
+        return {name: str(error)}
+
+
+def _index_namespace(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, dict[str, str]]:
+    return {name: dict(labels)}
+
+
+async def _report_policy_status(
+    type: str | None,
+    name: str,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+    patch: kopf.Patch,
+    **kwargs: Any,
+) -> None:
+    index: Mapping[Any, Any] = kwargs[POLICY_INDEX]
+    accepted = _policies(index)
+    metrics.POLICIES_LOADED.set(len(accepted))
+    metrics.POLICIES_REJECTED.set(sum(len(store) for store in index.values()) - len(accepted))
+    if type == "DELETED":
+        return
+    generation = int(meta.get("generation", 0))
+    try:
+        policies.parse(name, generation, spec)
+        ready, reason, message = "True", names.REASON_ACCEPTED, "the policy is enforced"
+    except errors.InvalidPolicy as error:
+        ready, reason, message = "False", names.REASON_INVALID, str(error)
+    current = [c for c in status.get("conditions", []) if c.get("type") == "Ready"]
+    unchanged = (
+        status.get("observedGeneration") == generation
+        and current
+        and (current[0].get("status"), current[0].get("reason"), current[0].get("message"))
+        == (ready, reason, message)
+    )
+    if unchanged:
+        return
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch.status["observedGeneration"] = generation
+    patch.status["conditions"] = [
+        {
+            "type": "Ready",
+            "status": ready,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": generation,
+            "lastTransitionTime": now,
+        }
+    ]
+
+
+def _namespace(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    return str(metadata.get("namespace") or "") if isinstance(metadata, Mapping) else ""
+
+
+def _object_name(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return ""
+    return str(metadata.get("name") or metadata.get("generateName") or "")

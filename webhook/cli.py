@@ -1,0 +1,334 @@
+"""`digestguard serve` runs the webhook; `digestguard resolve IMAGE...` pins images by hand.
+
+Every `serve` flag has an environment variable: `--cache-ttl` is `DIGESTGUARD_CACHE_TTL`.
+"""
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from webhook import (
+    __version__,
+    admission,
+    durations,
+    ecr,
+    errors,
+    kubeapi,
+    logs,
+    references,
+    resolutions,
+    resolver,
+    serving,
+    tlssecret,
+)
+
+logger = logging.getLogger("digestguard.cli")
+
+ENV_PREFIX: Final = "DIGESTGUARD_"
+EXIT_MISSING: Final = 1
+EXIT_UNKNOWN: Final = 2
+EXIT_USAGE: Final = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    name: str
+    default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+
+SERVE_FLAGS: Final = (
+    Flag("address", "0.0.0.0", "address to listen on for admission reviews"),
+    Flag("port", "8443", "HTTPS port for admission reviews"),
+    Flag("health-port", "8080", "plain HTTP port for /healthz, /readyz and /metrics (0: off)"),
+    Flag("namespace", "", "the webhook's own namespace, never admitted (default: $POD_NAMESPACE)"),
+    Flag("tls-mode", "self-managed", "self-managed (own CA in a Secret) or files"),
+    Flag("tls-cert-file", "", "serving certificate (PEM) for --tls-mode files; reloaded on change"),
+    Flag("tls-key-file", "", "private key (PEM) for --tls-mode files; reloaded on change"),
+    Flag(
+        "tls-secret-name", "digestguard-tls", "Secret holding the self-managed CA and certificate"
+    ),
+    Flag("service-name", "digestguard", "Service name the self-managed certificate is issued for"),
+    Flag("mutating-webhook-configuration", "digestguard", "gets the self-managed caBundle"),
+    Flag("validating-webhook-configuration", "digestguard", "gets the self-managed caBundle"),
+    Flag("tls-dir", "/tmp/tls", "where self-managed certificate files are written"),
+    Flag("resolve-deadline", "5s", "time budget for all registry lookups of one admission"),
+    Flag("cache-ttl", "60s", "how long a resolved tag is trusted without asking again"),
+    Flag("negative-cache-ttl", "5s", "how long 'image not found' is remembered"),
+    Flag("mutability-cache-ttl", "10m", "how long a repository's tag mutability is remembered"),
+    Flag("cache-max-entries", "100000", "resolved tags kept in memory (least recently used go)"),
+    Flag("registry-workers", "16", "threads making registry calls"),
+    Flag("ecr-endpoint-url", "", "ECR API endpoint override (testing only)"),
+    Flag("max-body-bytes", str(16 * 1024 * 1024), "largest AdmissionReview accepted"),
+    Flag("shutdown-delay", "3s", "how long to stay up, not ready, after SIGTERM before draining"),
+    Flag("log-level", "info", "debug, info, warning or error"),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    options = parser.parse_args(argv)
+    try:
+        result: int = options.run(options)
+    except errors.ConfigurationError as error:
+        print(f"digestguard: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digestguard", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"digestguard {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the admission webhook",
+        description="Run the admission webhook. Each flag can also be set by its env var.",
+    )
+    for flag in SERVE_FLAGS:
+        serve.add_argument(
+            f"--{flag.name}",
+            default=os.environ.get(flag.env, flag.default),
+            help=f"{flag.help} [env {flag.env}, default {flag.default!r}]",
+        )
+    serve.set_defaults(run=_serve)
+
+    resolve = commands.add_parser(
+        "resolve",
+        help="print ECR images pinned to their digests",
+        description="Resolve ECR image references to digests with BatchGetImage and print "
+        "them pinned. Exit 1 if an image does not exist, 2 if the registry could not tell.",
+    )
+    resolve.add_argument("images", nargs="+", metavar="IMAGE")
+    resolve.add_argument("--drop-tag", action="store_true", help="print repo@sha256:… only")
+    resolve.add_argument(
+        "--ecr-endpoint-url", default=os.environ.get(f"{ENV_PREFIX}ECR_ENDPOINT_URL", "")
+    )
+    resolve.add_argument("--timeout", default="10s", help="time budget for all lookups")
+    resolve.set_defaults(run=_resolve)
+    return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    address: str
+    port: int
+    health_port: int
+    namespace: str
+    tls_mode: str
+    tls_cert_file: str
+    tls_key_file: str
+    resolve_deadline: float
+    cache_ttl: float
+    negative_cache_ttl: float
+    mutability_cache_ttl: float
+    cache_max_entries: int
+    registry_workers: int
+    max_body_bytes: int
+    shutdown_delay: float
+
+
+def serve_config(options: argparse.Namespace) -> ServeConfig:
+    """Check the serve flags together, or raise `ConfigurationError` naming the flag."""
+    namespace = options.namespace or os.environ.get("POD_NAMESPACE", "")
+    if not namespace:
+        raise errors.ConfigurationError("--namespace (or POD_NAMESPACE) is required")
+    if options.tls_mode not in ("self-managed", "files"):
+        raise errors.ConfigurationError("--tls-mode must be 'self-managed' or 'files'")
+    if options.tls_mode == "files" and not (options.tls_cert_file and options.tls_key_file):
+        raise errors.ConfigurationError("--tls-mode files needs --tls-cert-file and --tls-key-file")
+    cert, key = options.tls_cert_file, options.tls_key_file
+    if options.tls_mode == "self-managed":
+        cert = os.path.join(options.tls_dir, tlssecret.CERT_FILE)
+        key = os.path.join(options.tls_dir, tlssecret.KEY_FILE)
+    config = ServeConfig(
+        address=options.address,
+        port=_integer(options.port, "port"),
+        health_port=_integer(options.health_port, "health-port"),
+        namespace=namespace,
+        tls_mode=options.tls_mode,
+        tls_cert_file=cert,
+        tls_key_file=key,
+        resolve_deadline=_seconds(options.resolve_deadline, "resolve-deadline"),
+        cache_ttl=_seconds(options.cache_ttl, "cache-ttl"),
+        negative_cache_ttl=_seconds(options.negative_cache_ttl, "negative-cache-ttl"),
+        mutability_cache_ttl=_seconds(options.mutability_cache_ttl, "mutability-cache-ttl"),
+        cache_max_entries=_integer(options.cache_max_entries, "cache-max-entries"),
+        registry_workers=_integer(options.registry_workers, "registry-workers"),
+        max_body_bytes=_integer(options.max_body_bytes, "max-body-bytes"),
+        shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
+    )
+    if config.resolve_deadline <= 0:
+        raise errors.ConfigurationError("--resolve-deadline must be above zero")
+    if config.registry_workers < 1 or config.cache_max_entries < 1:
+        raise errors.ConfigurationError("--registry-workers and --cache-max-entries must be >= 1")
+    return config
+
+
+def _serve(options: argparse.Namespace) -> int:
+    logs.configure(options.log_level)
+    config = serve_config(options)
+    asyncio.run(_serve_async(options, config))
+    return 0
+
+
+async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None:
+    kubeapi.load_configuration()
+    if not await kubeapi.policy_crd_installed():
+        raise errors.ConfigurationError(
+            "the DigestPolicy CRD (digestpolicies.digestguard.io) is not installed; "
+            "install the chart's CRD first"
+        )
+    the_resolver = resolver.Resolver(
+        ecr.EcrClient(endpoint_url=options.ecr_endpoint_url or None),
+        ttl=config.cache_ttl,
+        negative_ttl=config.negative_cache_ttl,
+        mutability_ttl=config.mutability_cache_ttl,
+        max_entries=config.cache_max_entries,
+        workers=config.registry_workers,
+    )
+    the_admission = admission.Admission(
+        resolver=the_resolver,
+        own_namespace=config.namespace,
+        resolve_deadline=config.resolve_deadline,
+        read_namespace_labels=kubeapi.namespace_labels,
+    )
+    server = serving.AdmissionServer(
+        address=config.address,
+        port=config.port,
+        certfile=config.tls_cert_file,
+        keyfile=config.tls_key_file,
+        # Answer before the apiserver gives up: the deadline plus a little for the rest.
+        answer_within=config.resolve_deadline + 1.0,
+        max_body_bytes=config.max_body_bytes,
+    )
+    tls: tlssecret.SelfManagedTLS | None = None
+    if config.tls_mode == "self-managed":
+        tls = tlssecret.SelfManagedTLS(
+            namespace=config.namespace,
+            secret_name=options.tls_secret_name,
+            service_name=options.service_name,
+            webhook_configurations=tlssecret.WebhookConfigurations(
+                mutating=options.mutating_webhook_configuration,
+                validating=options.validating_webhook_configuration,
+            ),
+            tls_dir=options.tls_dir,
+            on_change=server.reload_if_changed,
+        )
+    stop = asyncio.Event()
+    draining = asyncio.Event()
+
+    def readiness() -> list[str]:
+        waiting = []
+        if draining.is_set():
+            waiting.append("shutting down")
+        if not the_admission.indexes_loaded.is_set():
+            waiting.append("DigestPolicies and namespaces are not indexed yet")
+        if not server.listening.is_set():
+            waiting.append("the TLS certificate is not loaded yet")
+        return waiting
+
+    health = serving.HealthServer(
+        address=config.address, port=config.health_port, readiness=readiness
+    )
+    if config.health_port:
+        await health.start()
+
+    async def shut_down() -> None:
+        # Stop being ready first so endpoints drop this replica, then drain and stop.
+        draining.set()
+        logger.info("SIGTERM: not ready; draining", extra={"delay": config.shutdown_delay})
+        await asyncio.sleep(config.shutdown_delay)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    shutdowns: set[asyncio.Task[None]] = set()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: shutdowns.add(loop.create_task(shut_down())))
+    tls_task = loop.create_task(tls.run(stop)) if tls is not None else None
+    try:
+        await the_admission.run(server, stop_flag=stop)
+    finally:
+        stop.set()
+        if tls_task is not None:
+            tls_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tls_task
+        await health.stop()
+        await the_resolver.aclose()
+        logger.info("stopped")
+
+
+def _resolve(options: argparse.Namespace) -> int:
+    timeout = _seconds(options.timeout, "timeout")
+    parsed: list[references.ImageReference] = []
+    for image in options.images:
+        try:
+            reference = references.parse(image)
+        except errors.InvalidReference as error:
+            raise errors.ConfigurationError(str(error)) from None
+        if reference.ecr is None:
+            raise errors.ConfigurationError(
+                f"{image}: {reference.registry} is not an Amazon ECR private registry"
+            )
+        parsed.append(reference)
+    outcomes = asyncio.run(_lookup(parsed, options.ecr_endpoint_url or None, timeout))
+    status = 0
+    for reference in parsed:
+        outcome = outcomes[resolutions.existence_query(reference)]
+        if isinstance(outcome, resolutions.Found):
+            print(reference.pinned(outcome.digest, keep_tag=not options.drop_tag))
+            continue
+        if isinstance(outcome, resolutions.Missing):
+            status = max(status, EXIT_MISSING)
+            print(
+                f"{reference.original}: not found ({outcome.code}: {outcome.message})",
+                file=sys.stderr,
+            )
+        else:
+            status = EXIT_UNKNOWN
+            print(f"{reference.original}: {outcome.message}", file=sys.stderr)
+    return status
+
+
+async def _lookup(
+    parsed: list[references.ImageReference], endpoint_url: str | None, timeout: float
+) -> dict[resolutions.Query, resolutions.Outcome]:
+    the_resolver = resolver.Resolver(ecr.EcrClient(endpoint_url=endpoint_url))
+    try:
+        queries = collections.OrderedDict((resolutions.existence_query(r), 0.0) for r in parsed)
+        return await the_resolver.resolve(queries, deadline=time.monotonic() + timeout)
+    finally:
+        await the_resolver.aclose()
+
+
+def _seconds(text: str, flag: str) -> float:
+    try:
+        return durations.parse_seconds(text)
+    except errors.InvalidDuration as error:
+        raise errors.ConfigurationError(f"--{flag}: {error}") from None
+
+
+def _integer(text: Any, flag: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise errors.ConfigurationError(f"--{flag}: {text!r} is not a whole number") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

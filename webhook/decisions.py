@@ -1,0 +1,407 @@
+"""The decision core: from an admission request, policies and registry answers to a verdict.
+
+It works in two pure steps around the resolver's I/O:
+
+    plan(review, policies, namespace_labels, phase)  ->  Plan   (what to ask the registry)
+    decide(plan, outcomes, mutabilities)             ->  Verdict (allow / deny / edits / warnings)
+
+Who does what (DESIGN.md, "Policies"):
+
+- the mutating phase works for Mutate policies only: it rewrites tag-only references
+  of pods and denies images that are missing (it cannot pin them);
+- the validating phase checks Enforce and Audit policies on pods, and every policy
+  on workload templates (missing images; tag-only references under Enforce);
+- Audit never denies: its violations are warnings.
+"""
+
+import dataclasses
+import enum
+import json
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, Final
+
+from webhook import containers, errors, names, policies, references, resolutions
+
+
+class Phase(enum.Enum):
+    MUTATING = "mutating"
+    VALIDATING = "validating"
+
+
+@dataclasses.dataclass(frozen=True)
+class Review:
+    """The parts of an AdmissionReview request that decisions depend on."""
+
+    operation: str
+    namespace: str
+    obj: Mapping[str, Any]
+    old: Mapping[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj.get("kind", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """One examined container image and the policies that apply to it in this phase."""
+
+    container: containers.ContainerImage
+    reference: references.ImageReference | None
+    problem: str | None
+    policies: tuple[policies.Policy, ...]
+    max_stale_seconds: float
+
+    @property
+    def lookup(self) -> resolutions.Query | None:
+        """The query whose outcome says whether the image exists."""
+        ref = self.reference
+        if ref is None or ref.ecr is None:
+            return None
+        return resolutions.existence_query(ref)
+
+    @property
+    def tag_check(self) -> resolutions.Query | None:
+        """For `repo:tag@digest`: the query telling whether the tag still points there."""
+        ref = self.reference
+        if ref is None or ref.ecr is None or ref.digest is None or ref.tag is None:
+            return None
+        return resolutions.Query(resolutions.Repository(ref.registry, ref.repository), tag=ref.tag)
+
+    @property
+    def is_tag_only(self) -> bool:
+        return self.reference is not None and self.reference.digest is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    phase: Phase
+    kind: str
+    subjects: tuple[Subject, ...]
+    queries: Mapping[resolutions.Query, float]
+    """Every query to resolve, with the smallest maxStale of the policies asking for it."""
+    repositories_for_mutability: frozenset[resolutions.Repository]
+    original_images: Mapping[str, str]
+    """The `original-images` annotation already on the object."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """Something wrong with one image under one policy."""
+
+    reason: str
+    subject: Subject
+    policy: policies.Policy
+    detail: str
+    denies: bool
+
+    @property
+    def message(self) -> str:
+        ref = self.subject.reference
+        where = ""
+        if ref is not None:
+            ecr = ref.ecr
+            where = f" (repository {ref.repository} in registry {ref.registry}"
+            if ecr is not None:
+                where += f", account {ecr.account}, region {ecr.region}"
+            where += ")"
+        return (
+            f"{self.subject.container.label}: image {self.subject.container.image!r}{where}:"
+            f" {self.detail} [{self.reason}; DigestPolicy {self.policy.name},"
+            f" action {self.policy.action.value}]"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """Replace the string at JSON pointer `pointer` with `value`."""
+
+    pointer: str
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    denials: tuple[str, ...]
+    warnings: tuple[str, ...]
+    edits: tuple[Edit, ...]
+    annotations: Mapping[str, str]
+    findings: tuple[Finding, ...]
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.denials)
+
+
+def plan(
+    review: Review,
+    all_policies: Iterable[policies.Policy],
+    namespace_labels: Mapping[str, str],
+    phase: Phase,
+) -> Plan:
+    """Which images to examine, which policies apply to each, and what to ask the registry."""
+    pod_labels = containers.pod_labels(review.obj)
+    previous = _previous_images(review)
+    subjects: list[Subject] = []
+    queries: dict[resolutions.Query, float] = {}
+    mutability: set[resolutions.Repository] = set()
+    policy_list = tuple(all_policies)
+    for container in containers.walk(review.obj):
+        # On UPDATE only what changed: an image already running is not re-judged.
+        if previous.get((container.list_name, container.container)) == container.image:
+            continue
+        try:
+            reference: references.ImageReference | None = references.parse(container.image)
+            problem = None
+        except errors.InvalidReference as error:
+            reference, problem = None, error.problem
+        applicable = policies.applicable(
+            policy_list,
+            reference.name if reference is not None else None,
+            namespace_labels,
+            pod_labels,
+        )
+        in_phase = tuple(p for p in applicable if _acts_in(p, phase, review.kind))
+        if not in_phase:
+            continue
+        subject = Subject(
+            container=container,
+            reference=reference,
+            problem=problem,
+            policies=in_phase,
+            max_stale_seconds=min(p.max_stale_seconds for p in applicable),
+        )
+        subjects.append(subject)
+        for query in (subject.lookup, subject.tag_check):
+            if query is not None:
+                queries[query] = min(
+                    queries.get(query, subject.max_stale_seconds), subject.max_stale_seconds
+                )
+        if (
+            subject.is_tag_only
+            and subject.lookup is not None
+            and any(
+                p.action is policies.Action.ENFORCE and p.allow_immutable_tags for p in in_phase
+            )
+        ):
+            mutability.add(subject.lookup.repository)
+    return Plan(
+        phase=phase,
+        kind=review.kind,
+        subjects=tuple(subjects),
+        queries=queries,
+        repositories_for_mutability=frozenset(mutability),
+        original_images=_original_images(review.obj),
+    )
+
+
+def decide(
+    the_plan: Plan,
+    outcomes: Mapping[resolutions.Query, resolutions.Outcome],
+    mutabilities: Mapping[resolutions.Repository, resolutions.MutabilityOutcome],
+) -> Verdict:
+    """Turn the registry's answers into a verdict; nothing here does I/O."""
+    findings: list[Finding] = []
+    warnings: list[str] = []
+    edits: list[Edit] = []
+    originals = dict(the_plan.original_images)
+    for subject in the_plan.subjects:
+        subject_findings, digest, notes = _judge(subject, the_plan, outcomes, mutabilities)
+        findings.extend(subject_findings)
+        warnings.extend(notes)
+        ref = subject.reference
+        rewrite = (
+            the_plan.phase is Phase.MUTATING
+            and digest is not None
+            and ref is not None
+            and ref.digest is None
+            and not any(f.denies for f in subject_findings)
+        )
+        if rewrite and ref is not None and digest is not None:
+            keep_tag = all(
+                p.keep_tag for p in subject.policies if p.action is policies.Action.MUTATE
+            )
+            edits.append(Edit(subject.container.pointer, ref.pinned(digest, keep_tag=keep_tag)))
+            originals[_original_key(subject.container)] = subject.container.image
+    denials = tuple(dict.fromkeys(f.message for f in findings if f.denies))
+    warnings.extend(f.message for f in findings if not f.denies)
+    annotations: dict[str, str] = {}
+    if edits:
+        annotations[names.ANNOTATION_ORIGINAL_IMAGES] = json.dumps(
+            originals, sort_keys=True, separators=(",", ":")
+        )
+    return Verdict(
+        allowed=not denials,
+        denials=denials,
+        warnings=tuple(dict.fromkeys(warnings)),
+        edits=tuple(edits) if not denials else (),
+        annotations=annotations if not denials else {},
+        findings=tuple(findings),
+    )
+
+
+def apply_edits(body: MutableMapping[str, Any], verdict: Verdict) -> None:
+    """Apply the verdict's edits and annotations to `body` in place."""
+    for edit in verdict.edits:
+        *parents, last = edit.pointer.lstrip("/").split("/")
+        node: Any = body
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[last] = edit.value
+    if verdict.annotations:
+        metadata = body.setdefault("metadata", {})
+        annotations = metadata.get("annotations")
+        if not isinstance(annotations, dict):
+            annotations = metadata["annotations"] = {}
+        annotations.update(verdict.annotations)
+
+
+def _acts_in(policy: policies.Policy, phase: Phase, kind: str) -> bool:
+    if kind != "Pod":
+        # Workload templates are only validated; Mutate checks existence there.
+        return phase is Phase.VALIDATING
+    if phase is Phase.MUTATING:
+        return policy.action is policies.Action.MUTATE
+    return policy.action is not policies.Action.MUTATE
+
+
+def _judge(
+    subject: Subject,
+    the_plan: Plan,
+    outcomes: Mapping[resolutions.Query, resolutions.Outcome],
+    mutabilities: Mapping[resolutions.Repository, resolutions.MutabilityOutcome],
+) -> tuple[list[Finding], references.Digest | None, list[str]]:
+    """Findings for one image under each of its policies, its digest if known, and notes."""
+    notes: list[str] = []
+    deny_on_error = any(
+        p.can_deny and p.on_resolve_error is policies.OnResolveError.DENY for p in subject.policies
+    )
+    problem = _problem(subject, outcomes)
+    digest: references.Digest | None = None
+    lookup = subject.lookup
+    outcome = outcomes.get(lookup) if lookup is not None else None
+    if isinstance(outcome, resolutions.Found):
+        digest = outcome.digest
+        if outcome.age_seconds > 0:
+            notes.append(
+                f"{subject.container.label}: image {subject.container.image!r}: the registry"
+                f" could not be reached; using the digest {outcome.digest} resolved"
+                f" {outcome.age_seconds:.0f}s ago [{names.REASON_STALE_DIGEST}]"
+            )
+    moved = _tag_moved(subject, outcomes)
+    if moved is not None:
+        notes.append(moved)
+
+    findings: list[Finding] = []
+    for policy in subject.policies:
+        if problem is not None:
+            reason, detail, fatal = problem
+            denies = policy.can_deny and (fatal or deny_on_error)
+            findings.append(Finding(reason, subject, policy, detail, denies))
+            continue
+        unpinned = _unpinned_violation(subject, policy, the_plan, mutabilities)
+        if unpinned is not None:
+            findings.append(
+                Finding(names.REASON_TAG_NOT_PINNED, subject, policy, unpinned, policy.can_deny)
+            )
+    return findings, digest, notes
+
+
+def _problem(
+    subject: Subject, outcomes: Mapping[resolutions.Query, resolutions.Outcome]
+) -> tuple[str, str, bool] | None:
+    """(reason, detail, fatal) when the image cannot be confirmed to exist; fatal ones
+    deny under Mutate/Enforce whatever onResolveError says."""
+    if subject.reference is None:
+        return names.REASON_INVALID_REFERENCE, f"not a valid reference: {subject.problem}", True
+    if subject.lookup is None:
+        return (
+            names.REASON_UNSUPPORTED_REGISTRY,
+            f"{subject.reference.registry} is not an Amazon ECR private registry, so its"
+            " digest cannot be resolved",
+            False,
+        )
+    outcome = outcomes.get(subject.lookup)
+    if isinstance(outcome, resolutions.Found):
+        return None
+    if isinstance(outcome, resolutions.Missing):
+        what = "digest" if subject.lookup.digest else f"tag {subject.lookup.tag!r}"
+        return (
+            names.REASON_IMAGE_MISSING,
+            f"{what} not found ({outcome.code}: {outcome.message})",
+            True,
+        )
+    if isinstance(outcome, resolutions.Corrupt):
+        return names.REASON_INTEGRITY, outcome.message, True
+    message = outcome.message if outcome is not None else "no answer"
+    return names.REASON_REGISTRY_UNAVAILABLE, f"could not resolve the image: {message}", False
+
+
+def _unpinned_violation(
+    subject: Subject,
+    policy: policies.Policy,
+    the_plan: Plan,
+    mutabilities: Mapping[resolutions.Repository, resolutions.MutabilityOutcome],
+) -> str | None:
+    if not subject.is_tag_only or the_plan.phase is Phase.MUTATING:
+        return None
+    if policy.action is policies.Action.MUTATE:
+        return None
+    if policy.allow_immutable_tags and subject.lookup is not None:
+        tag = subject.lookup.tag or resolutions.IMPLICIT_TAG
+        setting = mutabilities.get(subject.lookup.repository)
+        if isinstance(setting, resolutions.TagMutability) and setting.is_immutable(tag):
+            return None
+        if isinstance(setting, resolutions.Unknown):
+            return (
+                "referenced by tag only, and the repository's tag mutability could not be"
+                f" read ({setting.message}); pin it by digest"
+            )
+        return f"referenced by the mutable tag {tag!r}; pin it by digest (repo@sha256:...)"
+    return "referenced by tag only; pin it by digest (repo@sha256:...)"
+
+
+def _tag_moved(
+    subject: Subject, outcomes: Mapping[resolutions.Query, resolutions.Outcome]
+) -> str | None:
+    check = subject.tag_check
+    if check is None or subject.reference is None:
+        return None
+    outcome = outcomes.get(check)
+    if isinstance(outcome, resolutions.Found) and outcome.digest != subject.reference.digest:
+        return (
+            f"{subject.container.label}: image {subject.container.image!r}: tag {check.tag!r}"
+            f" now points to {outcome.digest}; the pod keeps the pinned digest"
+            f" [{names.REASON_TAG_MOVED}]"
+        )
+    return None
+
+
+def _previous_images(review: Review) -> dict[tuple[str, str], str]:
+    if review.operation != "UPDATE" or review.old is None:
+        return {}
+    return {(c.list_name, c.container): c.image for c in containers.walk(review.old)}
+
+
+def _original_key(container: containers.ContainerImage) -> str:
+    return f"{container.list_name}/{container.container}"
+
+
+def _original_images(obj: Mapping[str, Any]) -> dict[str, str]:
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    raw = (
+        annotations.get(names.ANNOTATION_ORIGINAL_IMAGES)
+        if isinstance(annotations, Mapping)
+        else None
+    )
+    if not isinstance(raw, str):
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {str(k): str(v) for k, v in parsed.items() if isinstance(v, str)}
