@@ -11,6 +11,7 @@ import datetime
 import functools
 import logging
 import time
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -61,7 +62,7 @@ class Admission:
         kopf.on.event("namespaces", id="indexes-loaded", registry=registry)(
             self._mark_indexes_loaded
         )
-        operations = ["CREATE", "UPDATE"]
+        operations: list[kopf.Operation] = ["CREATE", "UPDATE"]
         # subresource="*": the subresource is checked by the server's routing table.
         for handler_id in names.MUTATING_HANDLERS:
             kopf.on.mutate(
@@ -87,7 +88,7 @@ class Admission:
     ) -> None:
         """Run kopf with this admission's handlers until `stop_flag` is set."""
         settings = kopf.OperatorSettings()
-        settings.admission.server = server
+        settings.admission.server = typing.cast(Any, server)  # kopf types only its own servers
         settings.admission.managed = None  # the Helm chart owns the webhook configurations
         settings.posting.enabled = False  # no Events RBAC needed; logs carry everything
         settings.scanning.disabled = True  # no CRD/namespace list RBAC needed

@@ -306,12 +306,12 @@ def _resolve(options: argparse.Namespace) -> int:
 
 
 async def _lookup(
-    parsed: list[references.ImageReference], endpoint_url: str | None, timeout: float
+    parsed: list[references.ImageReference], endpoint_url: str | None, budget: float
 ) -> dict[resolutions.Query, resolutions.Outcome]:
     the_resolver = resolver.Resolver(ecr.EcrClient(endpoint_url=endpoint_url))
     try:
         queries = collections.OrderedDict((resolutions.existence_query(r), 0.0) for r in parsed)
-        return await the_resolver.resolve(queries, deadline=time.monotonic() + timeout)
+        return await the_resolver.resolve(queries, deadline=time.monotonic() + budget)
     finally:
         await the_resolver.aclose()
 

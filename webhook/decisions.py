@@ -18,7 +18,7 @@ import dataclasses
 import enum
 import json
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any, Final
+from typing import Any
 
 from webhook import containers, errors, names, policies, references, resolutions
 

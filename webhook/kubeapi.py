@@ -13,9 +13,9 @@ logger = logging.getLogger("digestguard.kubeapi")
 def load_configuration() -> None:
     """Use the in-cluster service account, or the kubeconfig outside a cluster."""
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
 async def namespace_labels(name: str) -> dict[str, str] | None:
@@ -36,7 +36,8 @@ def _read_namespace_labels(name: str) -> dict[str, str] | None:
     except Exception as error:
         logger.warning("cannot read namespace", extra={"namespace": name, "error": str(error)})
         return None
-    return dict(namespace.metadata.labels or {})
+    metadata = namespace.metadata
+    return dict(metadata.labels or {}) if metadata is not None else {}
 
 
 async def policy_crd_installed() -> bool:

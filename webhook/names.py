@@ -44,7 +44,7 @@ ROUTES: Final[dict[str, frozenset[tuple[str, str, str | None]]]] = {
 }
 
 MUTATING_HANDLERS: Final = (MUTATE_PODS, MUTATE_EPHEMERAL)
-VALIDATING_HANDLERS: Final = (VALIDATE_PODS, VALIDATE_EPHEMERAL) + tuple(w[0] for w in WORKLOADS)
+VALIDATING_HANDLERS: Final = (VALIDATE_PODS, VALIDATE_EPHEMERAL, *(w[0] for w in WORKLOADS))
 ALL_HANDLERS: Final = MUTATING_HANDLERS + VALIDATING_HANDLERS
 
 # Reasons in policy status conditions.

@@ -67,10 +67,7 @@ class ImageReference:
         `nginx`), so only the tag/digest part of the string changes.
         """
         base = self.original.split("@", 1)[0]
-        if self.tag is not None:
-            untagged = base[: -(len(self.tag) + 1)]
-        else:
-            untagged = base
+        untagged = base[: -(len(self.tag) + 1)] if self.tag is not None else base
         if keep_tag and self.tag is not None:
             return f"{untagged}:{self.tag}@{digest}"
         return f"{untagged}@{digest}"
@@ -111,9 +108,7 @@ def parse(image: str) -> ImageReference:
             image, f"the name is {len(written_name)} characters long (at most {NAME_MAX_LENGTH})"
         )
 
-    if registry is None:
-        registry = DOCKER_HUB
-    elif registry in _DOCKER_HUB_ALIASES:
+    if registry is None or registry in _DOCKER_HUB_ALIASES:
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"

@@ -94,13 +94,13 @@ class AdmissionServer:
                 self.reload_if_changed()
         finally:
             self.listening.clear()
-            await self.drain(timeout=self.answer_within + 1.0)
+            await self.drain(within=self.answer_within + 1.0)
             await runner.cleanup()
 
-    async def drain(self, timeout: float) -> None:
-        """Wait until no admission is in flight (or `timeout` passes)."""
+    async def drain(self, within: float) -> None:
+        """Wait until no admission is in flight (or `within` seconds pass)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), within)
 
     def reload_if_changed(self) -> bool:
         """Load the certificate files again if they changed; new handshakes use them."""
@@ -122,14 +122,14 @@ class AdmissionServer:
         return True
 
     async def _wait_for_context(self) -> ssl.SSLContext:
-        assert self.certfile and self.keyfile
+        certfile, keyfile = self.certfile or "", self.keyfile or ""
         while True:
-            stamp = _stamp(self.certfile, self.keyfile)
+            stamp = _stamp(certfile, keyfile)
             if stamp is not None:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.minimum_version = ssl.TLSVersion.TLSv1_2
                 try:
-                    context.load_cert_chain(self.certfile, self.keyfile)
+                    context.load_cert_chain(certfile, keyfile)
                 except (OSError, ssl.SSLError) as error:
                     logger.warning("certificate not loadable yet", extra={"error": str(error)})
                 else:

@@ -1,0 +1,41 @@
+# Everything a developer or CI runs. The virtualenv and the control-plane binaries
+# live in a cache outside the checkout, so a second run starts in seconds.
+CACHE ?= $(or $(DIGESTGUARD_CACHE),$(HOME)/.cache/digestguard)
+PYTHON ?= python3
+VENV ?= $(CACHE)/venv-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: venv relink assets test lint demo clean-venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	touch $@
+
+# The editable install points at one checkout; re-point it at this one (cheap).
+relink: venv
+	@$(BIN)/pip install --quiet --no-deps -e . >/dev/null
+
+assets:
+	@hack/envtest-assets.sh >/dev/null
+
+## The whole test suite: unit, integration and end-to-end (with the local control plane).
+test: relink assets
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: relink
+	$(BIN)/ruff check webhook tests hack bench
+	$(BIN)/ruff format --check webhook tests hack bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## A local cluster, an ECR emulator and the webhook, to try by hand until Ctrl-C.
+demo: relink assets
+	$(BIN)/python hack/demo.py
+
+clean-venv:
+	rm -rf $(VENV)

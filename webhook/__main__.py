@@ -1,0 +1,5 @@
+import sys
+
+from webhook import cli
+
+sys.exit(cli.main())
