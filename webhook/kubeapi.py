@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 
 import kubernetes
 
@@ -15,7 +16,7 @@ def load_configuration() -> None:
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
 
 
 async def namespace_labels(name: str) -> dict[str, str] | None:

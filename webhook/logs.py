@@ -10,6 +10,9 @@ _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))
     "message",
     "asctime",
     "taskName",
+    # kopf's own extras: its whole settings object and a flag for its event poster.
+    "settings",
+    "k8s_skip",
 }
 
 
@@ -32,9 +35,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _DenialsLoggedElsewhere(logging.Filter):
+    """kopf logs every denial as a handler failure; ours carry the finding's fields."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed permanently" not in record.getMessage()
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(_DenialsLoggedElsewhere())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
