@@ -1,0 +1,149 @@
+"""Run `digestguard serve` as a real process, the way the chart's Deployment runs it."""
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WebhookProcess:
+    def __init__(
+        self,
+        *,
+        kubeconfig: Path,
+        namespace: str,
+        workdir: Path,
+        ecr_endpoint_url: str,
+        certfile: Path,
+        keyfile: Path,
+        cafile: Path,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.workdir = workdir
+        self.ecr_endpoint_url = ecr_endpoint_url
+        self.certfile = certfile
+        self.keyfile = keyfile
+        self.cafile = cafile
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
+        self.port = free_port()
+        self.health_port = free_port()
+        self.log_path = workdir / f"webhook-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def url(self, handler_id: str) -> str:
+        return f"{self.base_url}/{handler_id}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "webhook",
+            "serve",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--health-port",
+            str(self.health_port),
+            "--namespace",
+            self.namespace,
+            "--tls-mode",
+            "files",
+            "--tls-cert-file",
+            str(self.certfile),
+            "--tls-key-file",
+            str(self.keyfile),
+            "--ecr-endpoint-url",
+            self.ecr_endpoint_url,
+            "--shutdown-delay",
+            "0s",
+            "--log-level",
+            "debug",
+            *self.extra_args,
+        ]
+
+    def start(self, ready_within: float = 60.0) -> "WebhookProcess":
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PYTHONPATH": str(REPO_ROOT),
+            **self.env,
+        }
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+            )
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the webhook exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if self.ready():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the webhook was not ready within {ready_within}s:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
+            ) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cafile))
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def stop(self, sig: int = signal.SIGTERM, within: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+            return None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
