@@ -28,7 +28,6 @@ from webhook import (
     resolutions,
     resolver,
     serving,
-    tlssecret,
 )
 
 logger = logging.getLogger("digestguard.cli")
@@ -37,6 +36,9 @@ ENV_PREFIX: Final = "DIGESTGUARD_"
 EXIT_MISSING: Final = 1
 EXIT_UNKNOWN: Final = 2
 EXIT_USAGE: Final = 64
+# The names of a kubernetes.io/tls Secret's keys, used for the files too.
+SELF_MANAGED_CERT_FILE: Final = "tls.crt"
+SELF_MANAGED_KEY_FILE: Final = "tls.key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,8 +155,8 @@ def serve_config(options: argparse.Namespace) -> ServeConfig:
         raise errors.ConfigurationError("--tls-mode files needs --tls-cert-file and --tls-key-file")
     cert, key = options.tls_cert_file, options.tls_key_file
     if options.tls_mode == "self-managed":
-        cert = os.path.join(options.tls_dir, tlssecret.CERT_FILE)
-        key = os.path.join(options.tls_dir, tlssecret.KEY_FILE)
+        cert = os.path.join(options.tls_dir, SELF_MANAGED_CERT_FILE)
+        key = os.path.join(options.tls_dir, SELF_MANAGED_KEY_FILE)
     config = ServeConfig(
         address=options.address,
         port=_integer(options.port, "port"),
@@ -216,8 +218,11 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
         answer_within=config.resolve_deadline + 1.0,
         max_body_bytes=config.max_body_bytes,
     )
-    tls: tlssecret.SelfManagedTLS | None = None
+    tls = None
     if config.tls_mode == "self-managed":
+        # Only this mode talks to Secrets and webhook configurations.
+        from webhook import tlssecret
+
         tls = tlssecret.SelfManagedTLS(
             namespace=config.namespace,
             secret_name=options.tls_secret_name,
