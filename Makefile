@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The venv's name carries pyproject.toml's hash, so a changed pyproject gets a new one.
+$(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,lint]'
