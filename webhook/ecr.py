@@ -1,0 +1,559 @@
+"""The Amazon ECR client: the only module that imports boto3 and botocore.
+
+`EcrClient` implements `resolutions.RegistryClient` with two blocking calls,
+`BatchGetImage` (one per repository, up to 100 images each) and
+`DescribeRepositories`. The resolver runs them in its thread pool.
+
+What each ECR answer becomes (`Missing` denies under Mutate/Enforce, `Unknown` goes
+to the policy's `onResolveError`):
+
+    ECR says                              outcome   why
+    ────────────────────────────────────  ────────  ─────────────────────────────────
+    image returned, digest verified       Found     sha256(imageManifest) == imageDigest
+    image returned, digest differs        Corrupt   integrity failure, never accepted
+    failure ImageNotFound                 Missing   ECR is the authority on its images
+    failure ImageTagDoesNotMatchDigest    Missing   the tag/digest pair names no image
+    failure InvalidImageTag               Missing   no image can have that tag
+    failure InvalidImageDigest            Missing   no image can have that digest
+    failure MissingDigestAndTag           Missing   the reference names no image
+    failure KmsError                      Unknown   the image exists; its key is unusable
+    failure UpstreamAccessDenied          Unknown   pull-through cache: upstream refused us,
+    failure UpstreamTooManyRequests       Unknown     throttled us or is down — whether the
+    failure UpstreamUnavailable           Unknown     image exists upstream is not known
+    failure ImageInaccessible             Unknown   the image exists but cannot be read now
+    any other failure code                Unknown   never deny on a code we do not know
+    image not mentioned in the answer     Unknown   ECR did not say
+    RepositoryNotFoundException           Missing   for every image asked (RepositoryNotFound)
+    repository name ECR cannot hold       Missing   checked locally, no call (InvalidRepositoryName)
+    InvalidParameterException             error     our request was malformed: a bug or an
+                                                    ECR rule we do not know, not a fact
+                                                    about the image
+    AccessDeniedException                 error     names the IAM action to grant
+    ThrottlingException,                  retried   full-jitter exponential backoff while
+    LimitExceededException,                         the call's time budget allows another
+    ServerException,                                attempt, then error
+    UnableToGetUpstreamImageException,
+    connection errors and timeouts
+    missing credentials, any other error  error
+
+"error" means `errors.RegistryError` is raised: the call as a whole produced no
+per-image answer, which is the `RegistryClient` contract; the resolver turns it
+into `Unknown` (carrying the message) for every image of the call. A failure code
+of one image is never retried inside the call: the resolver does not cache
+`Unknown`, so the next admission asks again, and hammering an upstream that says
+it is throttled or down would not help it.
+
+botocore's own retries are off (one attempt per request): the budget-aware retry
+loop here is the only one, so no attempt starts once the caller's time budget is
+spent; an attempt already running is bounded by the connect and read timeouts.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from webhook import errors, metrics, references, resolutions
+
+if TYPE_CHECKING:
+    from types_boto3_ecr.client import ECRClient
+    from types_boto3_ecr.type_defs import ImageIdentifierTypeDef
+
+logger = logging.getLogger("digestguard.ecr")
+
+_T = TypeVar("_T")
+
+BATCH_GET_IMAGE: Final = "BatchGetImage"
+DESCRIBE_REPOSITORIES: Final = "DescribeRepositories"
+
+MAX_IMAGE_IDS: Final = 100
+"""BatchGetImage accepts at most this many imageIds in one request."""
+
+OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
+ACCEPTED_MEDIA_TYPES: Final = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
+"""Sent with every BatchGetImage: without it ECR may convert a manifest (to schema 1),
+and the digest of a converted manifest is not the one a kubelet pulls."""
+
+MISSING_FAILURE_CODES: Final = frozenset(
+    {
+        "ImageNotFound",
+        "ImageTagDoesNotMatchDigest",
+        "InvalidImageTag",
+        "InvalidImageDigest",
+        "MissingDigestAndTag",
+    }
+)
+"""BatchGetImage failure codes that say the image does not exist; every other code is Unknown."""
+
+REPOSITORY_NOT_FOUND: Final = "RepositoryNotFound"
+INVALID_REPOSITORY_NAME: Final = "InvalidRepositoryName"
+
+_THROTTLING_CODES: Final = frozenset(
+    {"ThrottlingException", "LimitExceededException", "TooManyRequestsException"}
+)
+_RETRYABLE_CODES: Final = _THROTTLING_CODES | {
+    "ServerException",
+    "UnableToGetUpstreamImageException",
+    "ServiceUnavailableException",
+    "InternalFailure",
+}
+_CREDENTIAL_ERRORS: Final = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.TokenRetrievalError,
+)
+_TRANSPORT_ERRORS: Final = (
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,
+)
+
+# The repository-name rule of the ECR API model: a name the OCI grammar accepts but
+# ECR cannot hold (one character, for example) names no image.
+_ECR_REPOSITORY_NAME: Final = re.compile(
+    r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
+)
+_ECR_REPOSITORY_NAME_LENGTH: Final = range(2, 257)
+
+_BACKOFF_BASE_SECONDS: Final = 0.05
+_BACKOFF_CAP_SECONDS: Final = 1.0
+_MIN_ATTEMPT_SECONDS: Final = 0.05
+"""No new attempt starts with less than this left of the budget: it could not finish."""
+
+_HASHES: Final = frozenset({"sha256", "sha384", "sha512"})
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClientKey:
+    region: str
+    fips: bool
+    dualstack: bool
+
+
+class _CallFailed(Exception):
+    """A non-retryable failure of one request, carrying the botocore error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EcrClient:
+    """Blocking ECR calls with budget-bounded retries; one instance serves every region.
+
+    boto3 clients are created lazily, one per (region, FIPS, dual-stack) — the
+    partition follows from the region — and shared by all threads (low-level
+    clients are thread-safe; creating them from one session is not, hence the lock).
+    Credentials come from boto3's default chain (IRSA, EKS Pod Identity, …) unless a
+    `session` is passed in (tests pass one with fake keys). `endpoint_url` points
+    every client at one endpoint (an emulator); FIPS and dual-stack do not apply then.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None = None,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 3.0,
+        session: boto3.session.Session | None = None,
+        max_pool_connections: int = 32,
+    ) -> None:
+        self._endpoint_url = endpoint_url
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_pool_connections = max_pool_connections
+        self._session = session if session is not None else boto3.session.Session()
+        self._clients: dict[_ClientKey, ECRClient] = {}
+        self._lock = threading.Lock()
+
+    def lookup(
+        self,
+        repository: resolutions.Repository,
+        queries: Collection[resolutions.Query],
+        *,
+        timeout: float,
+    ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+        """Every query's outcome, from one BatchGetImage per 100 queries."""
+        started = time.monotonic()
+        budget_end = started + timeout
+        registry = _ecr_registry(repository)
+        outcomes: dict[resolutions.Query, resolutions.Outcome] = {}
+        askable: list[resolutions.Query] = []
+        for query in queries:
+            if query.tag is None and query.digest is None:
+                outcomes[query] = resolutions.Missing(
+                    "MissingDigestAndTag", f"{query}: the reference has neither tag nor digest"
+                )
+            else:
+                askable.append(query)
+        if not askable:
+            return outcomes
+        if not _is_ecr_repository_name(repository.name):
+            message = (
+                f"repository name {repository.name!r} is not one ECR can hold"
+                " (2-256 characters: lowercase letters and digits separated by"
+                " '.', '_', '__', '-' or '/')"
+            )
+            return outcomes | {
+                q: resolutions.Missing(INVALID_REPOSITORY_NAME, message) for q in askable
+            }
+
+        client = self._client(registry)
+        askable.sort(key=_query_sort_key)
+        try:
+            for start in range(0, len(askable), MAX_IMAGE_IDS):
+                chunk = askable[start : start + MAX_IMAGE_IDS]
+                try:
+                    outcomes |= self._batch_get_image(
+                        client, registry, repository, chunk, budget_end
+                    )
+                except errors.RegistryError as exc:
+                    if start == 0:
+                        raise
+                    # Earlier requests answered: keep their answers, the rest could not tell.
+                    unknown = resolutions.Unknown(f"{repository}: {exc}")
+                    return outcomes | dict.fromkeys(askable[start:], unknown)
+        finally:
+            metrics.REGISTRY_SECONDS.labels(BATCH_GET_IMAGE).observe(time.monotonic() - started)
+        return outcomes
+
+    def mutability(
+        self, repository: resolutions.Repository, *, timeout: float
+    ) -> resolutions.MutabilityOutcome:
+        """The repository's tag mutability and exclusion filters, from DescribeRepositories."""
+        started = time.monotonic()
+        budget_end = started + timeout
+        registry = _ecr_registry(repository)
+        client = self._client(registry)
+        context = _context(DESCRIBE_REPOSITORIES, registry, repository)
+        try:
+            response = self._attempt(
+                DESCRIBE_REPOSITORIES,
+                lambda: client.describe_repositories(
+                    registryId=registry.account, repositoryNames=[repository.name]
+                ),
+                budget_end=budget_end,
+                context=context,
+            )
+        except _CallFailed as exc:
+            if exc.code == "RepositoryNotFoundException":
+                return resolutions.Unknown(
+                    f"repository {repository.name} does not exist in account"
+                    f" {registry.account}, region {registry.region}"
+                )
+            raise _registry_error(exc, DESCRIBE_REPOSITORIES, registry, repository) from exc
+        finally:
+            metrics.REGISTRY_SECONDS.labels(DESCRIBE_REPOSITORIES).observe(
+                time.monotonic() - started
+            )
+        for described in response.get("repositories", []):
+            if described.get("repositoryName") == repository.name:
+                return _tag_mutability(repository, dict(described))
+        return resolutions.Unknown(
+            f"DescribeRepositories did not describe {repository.name} in account"
+            f" {registry.account}, region {registry.region}"
+        )
+
+    def _client(self, registry: references.EcrRegistry) -> "ECRClient":
+        if self._endpoint_url is not None:
+            key = _ClientKey(registry.region, fips=False, dualstack=False)
+        else:
+            key = _ClientKey(registry.region, fips=registry.fips, dualstack=registry.dualstack)
+        client = self._clients.get(key)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                config = botocore.config.Config(
+                    region_name=key.region,
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self._read_timeout,
+                    # One attempt per request: retries are ours and know the budget.
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    use_fips_endpoint=key.fips,
+                    use_dualstack_endpoint=key.dualstack,
+                    max_pool_connections=self._max_pool_connections,
+                    user_agent_extra="digestguard",
+                )
+                client = self._session.client("ecr", endpoint_url=self._endpoint_url, config=config)
+                self._clients[key] = client
+        return client
+
+    def _batch_get_image(
+        self,
+        client: "ECRClient",
+        registry: references.EcrRegistry,
+        repository: resolutions.Repository,
+        queries: Sequence[resolutions.Query],
+        budget_end: float,
+    ) -> dict[resolutions.Query, resolutions.Outcome]:
+        image_ids: list[ImageIdentifierTypeDef] = [_image_id(q) for q in queries]
+        context = _context(BATCH_GET_IMAGE, registry, repository) | {"images": len(queries)}
+        try:
+            response = self._attempt(
+                BATCH_GET_IMAGE,
+                lambda: client.batch_get_image(
+                    registryId=registry.account,
+                    repositoryName=repository.name,
+                    imageIds=image_ids,
+                    acceptedMediaTypes=list(ACCEPTED_MEDIA_TYPES),
+                ),
+                budget_end=budget_end,
+                context=context,
+            )
+        except _CallFailed as exc:
+            if exc.code == "RepositoryNotFoundException":
+                missing = resolutions.Missing(
+                    REPOSITORY_NOT_FOUND,
+                    f"repository {repository.name} does not exist in account"
+                    f" {registry.account}, region {registry.region}",
+                )
+                return dict.fromkeys(queries, missing)
+            raise _registry_error(exc, BATCH_GET_IMAGE, registry, repository) from exc
+        return _outcomes(
+            repository,
+            queries,
+            [dict(image) for image in response.get("images", [])],
+            [dict(failure) for failure in response.get("failures", [])],
+        )
+
+    def _attempt(
+        self,
+        operation: str,
+        call: Callable[[], _T],
+        *,
+        budget_end: float,
+        context: dict[str, Any],
+    ) -> _T:
+        """`call()`, retried with full-jitter backoff while the budget allows another try.
+
+        Raises `_CallFailed` for a non-retryable error response and
+        `errors.RegistryError` when the budget is spent.
+        """
+        if budget_end - time.monotonic() <= 0:
+            raise errors.DeadlineExceeded(f"ECR {operation} had no time left to try")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = call()
+            except botocore.exceptions.ClientError as exc:
+                error = exc.response.get("Error", {})
+                code = str(error.get("Code", "Unknown"))
+                message = str(error.get("Message", exc))
+                if code not in _RETRYABLE_CODES:
+                    metrics.REGISTRY_CALLS.labels(operation, "error").inc()
+                    raise _CallFailed(code, message) from exc
+                outcome = "throttled" if code in _THROTTLING_CODES else "error"
+                metrics.REGISTRY_CALLS.labels(operation, outcome).inc()
+                problem = f"{code}: {message}"
+            except _CREDENTIAL_ERRORS as exc:
+                metrics.REGISTRY_CALLS.labels(operation, "error").inc()
+                raise errors.RegistryError(
+                    f"no AWS credentials for ECR {operation} ({exc}); the webhook's service"
+                    " account needs an IAM role (IRSA or EKS Pod Identity)"
+                ) from exc
+            except _TRANSPORT_ERRORS as exc:
+                metrics.REGISTRY_CALLS.labels(operation, "error").inc()
+                problem = f"{type(exc).__name__}: {exc}"
+            except botocore.exceptions.BotoCoreError as exc:
+                metrics.REGISTRY_CALLS.labels(operation, "error").inc()
+                raise errors.RegistryError(f"ECR {operation} failed: {exc}") from exc
+            else:
+                metrics.REGISTRY_CALLS.labels(operation, "ok").inc()
+                return result
+
+            delay = _backoff(attempt)
+            if budget_end - time.monotonic() - delay < _MIN_ATTEMPT_SECONDS:
+                logger.warning(
+                    "ECR call gave up: no time left for another attempt",
+                    extra=context | {"attempts": attempt, "problem": problem},
+                )
+                raise errors.RegistryError(
+                    f"ECR {operation} failed {attempt} time(s) within its time budget;"
+                    f" last: {problem}"
+                )
+            logger.info(
+                "ECR call will be retried",
+                extra=context | {"attempt": attempt, "problem": problem, "delay": delay},
+            )
+            time.sleep(delay)
+
+
+def _backoff(attempt: int) -> float:
+    """Full jitter: a uniform pause up to an exponentially growing, capped ceiling."""
+    return random.uniform(
+        0.0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    )
+
+
+def _ecr_registry(repository: resolutions.Repository) -> references.EcrRegistry:
+    registry = references.parse_ecr_host(repository.registry)
+    if registry is None:
+        raise errors.RegistryError(f"{repository.registry} is not an ECR private registry host")
+    return registry
+
+
+def _is_ecr_repository_name(name: str) -> bool:
+    return len(name) in _ECR_REPOSITORY_NAME_LENGTH and bool(_ECR_REPOSITORY_NAME.fullmatch(name))
+
+
+def _query_sort_key(query: resolutions.Query) -> tuple[str, str]:
+    return (query.tag or "", query.digest or "")
+
+
+def _image_id(query: resolutions.Query) -> "ImageIdentifierTypeDef":
+    image_id: ImageIdentifierTypeDef = {}
+    if query.tag is not None:
+        image_id["imageTag"] = query.tag
+    if query.digest is not None:
+        image_id["imageDigest"] = query.digest
+    return image_id
+
+
+def _context(
+    operation: str, registry: references.EcrRegistry, repository: resolutions.Repository
+) -> dict[str, Any]:
+    return {
+        "operation": operation,
+        "account": registry.account,
+        "region": registry.region,
+        "repository": repository.name,
+    }
+
+
+def _registry_error(
+    exc: _CallFailed,
+    operation: str,
+    registry: references.EcrRegistry,
+    repository: resolutions.Repository,
+) -> errors.RegistryError:
+    where = f"repository {repository.name} (account {registry.account}, region {registry.region})"
+    if exc.code in {"AccessDeniedException", "AccessDenied"}:
+        arn = (
+            f"arn:{registry.partition}:ecr:{registry.region}:{registry.account}"
+            f":repository/{repository.name}"
+        )
+        message = (
+            f"ECR denied {operation} on {where}: grant the webhook's IAM role"
+            f" ecr:{operation} on {arn} ({exc.message})"
+        )
+    elif exc.code == "InvalidParameterException":
+        message = f"ECR refused the {operation} request for {where} as invalid: {exc.message}"
+    else:
+        message = f"ECR {operation} failed for {where}: {exc.code}: {exc.message}"
+    logger.warning(
+        "ECR call failed",
+        extra=_context(operation, registry, repository) | {"code": exc.code, "problem": message},
+    )
+    return errors.RegistryError(message)
+
+
+def _outcomes(
+    repository: resolutions.Repository,
+    queries: Sequence[resolutions.Query],
+    images: Sequence[Mapping[str, Any]],
+    failures: Sequence[Mapping[str, Any]],
+) -> dict[resolutions.Query, resolutions.Outcome]:
+    """Map one BatchGetImage answer to the queries it was asked."""
+    outcomes: dict[resolutions.Query, resolutions.Outcome] = {}
+    for image in images:
+        image_id = image.get("imageId", {})
+        answered = [q for q in queries if q not in outcomes and _image_answers(q, image_id)]
+        if answered:
+            outcome = _verified(repository, image)
+            outcomes.update(dict.fromkeys(answered, outcome))
+    for failure in failures:
+        image_id = failure.get("imageId", {})
+        code = str(failure.get("failureCode", "Unknown"))
+        reason = str(failure.get("failureReason", "")) or code
+        for query in queries:
+            if query in outcomes or not _failure_is_about(query, image_id):
+                continue
+            if code in MISSING_FAILURE_CODES:
+                outcomes[query] = resolutions.Missing(code, f"{query}: {reason}")
+            else:
+                outcomes[query] = resolutions.Unknown(f"{query}: ECR failure {code}: {reason}")
+    for query in queries:
+        if query not in outcomes:
+            outcomes[query] = resolutions.Unknown(f"{query}: ECR's answer did not mention it")
+    return outcomes
+
+
+def _image_answers(query: resolutions.Query, image_id: Mapping[str, Any]) -> bool:
+    if query.digest is not None and image_id.get("imageDigest") != query.digest:
+        return False
+    return query.tag is None or image_id.get("imageTag") == query.tag
+
+
+def _failure_is_about(query: resolutions.Query, image_id: Mapping[str, Any]) -> bool:
+    return image_id.get("imageTag") == query.tag and image_id.get("imageDigest") == query.digest
+
+
+def _verified(
+    repository: resolutions.Repository, image: Mapping[str, Any]
+) -> resolutions.Found | resolutions.Corrupt:
+    """The image's digest, once its manifest is proven to hash to it."""
+    digest = str(image.get("imageId", {}).get("imageDigest", ""))
+    manifest = image.get("imageManifest")
+    algorithm, _, expected = digest.partition(":")
+    if not isinstance(manifest, str):
+        return resolutions.Corrupt(f"ECR returned {repository}@{digest} without its manifest")
+    if algorithm not in _HASHES or not expected:
+        return resolutions.Corrupt(
+            f"ECR returned {repository}@{digest!r}, a digest that cannot be verified"
+        )
+    actual = hashlib.new(algorithm, manifest.encode("utf-8")).hexdigest()
+    if actual != expected.lower():
+        return resolutions.Corrupt(
+            f"ECR returned a manifest for {repository}@{digest} that hashes to"
+            f" {algorithm}:{actual}: integrity check failed"
+        )
+    media_type = image.get("imageManifestMediaType") or _declared_media_type(manifest)
+    return resolutions.Found(references.Digest(digest), str(media_type))
+
+
+def _declared_media_type(manifest: str) -> str:
+    try:
+        document = json.loads(manifest)
+    except ValueError:
+        return ""
+    media_type = document.get("mediaType", "") if isinstance(document, dict) else ""
+    return media_type if isinstance(media_type, str) else ""
+
+
+def _tag_mutability(
+    repository: resolutions.Repository, described: Mapping[str, Any]
+) -> resolutions.MutabilityOutcome:
+    raw_mode = described.get("imageTagMutability", resolutions.Mutability.MUTABLE.value)
+    try:
+        mode = resolutions.Mutability(raw_mode)
+    except ValueError:
+        return resolutions.Unknown(f"{repository} has tag mutability {raw_mode!r}, unknown here")
+    # Older ECR answers (and older botocore models) have no exclusion filters at all.
+    exclusions: list[str] = []
+    for entry in described.get("imageTagMutabilityExclusionFilters") or []:
+        filter_type = entry.get("filterType", "WILDCARD")
+        if filter_type != "WILDCARD" or not isinstance(entry.get("filter"), str):
+            # An exclusion that cannot be evaluated could make any tag mutable.
+            return resolutions.Unknown(
+                f"{repository} has a tag mutability exclusion filter of type"
+                f" {filter_type!r}, unknown here"
+            )
+        exclusions.append(entry["filter"])
+    return resolutions.TagMutability(mode, tuple(exclusions))

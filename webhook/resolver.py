@@ -1,0 +1,379 @@
+"""The resolver: cache, single-flight, batching and deadlines in front of a registry client.
+
+It keeps the webhook a light user of the registry and keeps every admission within
+its time budget:
+
+- **Cache.** A `Found` is fresh for `ttl`, a `Missing` for `negative_ttl`; `Unknown`
+  and `Corrupt` are never cached, so the next admission asks again. A `Found` is
+  kept past its TTL (until evicted) to serve stale-if-error. Each cache holds at
+  most `max_entries`, evicting the least recently used.
+- **Batching.** The cache misses of one call are grouped by repository: one
+  `client.lookup` per repository, never one per image.
+- **Single-flight.** A query already being asked about is not asked again:
+  concurrent callers wait for the same registry call.
+- **Deadlines.** Blocking client calls run in a bounded thread pool, with the time
+  left as their timeout. `resolve` answers by its deadline whatever the client does;
+  a call still running then is abandoned, not cancelled, and its answer still
+  fills the cache for the next admission.
+- **Stale-if-error.** When the registry could not tell (error, timeout, deadline),
+  the last `Found` is served if it is no older than the caller's `max_stale`, with
+  its age in `Found.age_seconds`.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Collection, Coroutine, Hashable, Iterable, Mapping
+from typing import Any, Final, Generic, TypeVar
+
+from webhook import errors, metrics, resolutions
+
+logger = logging.getLogger("digestguard.resolver")
+
+DIGESTS_CACHE: Final = "digests"
+MUTABILITY_CACHE: Final = "mutability"
+
+_STUCK_AFTER_SECONDS: Final = 30.0
+"""A registry call this long past its deadline is not joined any more: a new one starts.
+
+Until then late callers join it rather than add load to a registry that is slow."""
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry(Generic[_V]):
+    value: _V
+    stored_at: float
+
+
+class _LruCache(Generic[_K, _V]):
+    """A size-bounded mapping that forgets the least recently used entry first."""
+
+    def __init__(self, name: str, max_entries: int) -> None:
+        self._name = name
+        self._max_entries = max_entries
+        self._entries: collections.OrderedDict[_K, _Entry[_V]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: _K) -> _Entry[_V] | None:
+        return self._entries.get(key)
+
+    def touch(self, key: _K) -> None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+
+    def put(self, key: _K, value: _V, stored_at: float) -> None:
+        self._entries[key] = _Entry(value, stored_at)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        self._report()
+
+    def _report(self) -> None:
+        metrics.CACHE_ENTRIES.labels(self._name).set(len(self._entries))
+
+
+@dataclasses.dataclass(eq=False)
+class _Flight(Generic[_K, _V]):
+    """One registry call in progress, answering every key it was started for."""
+
+    task: "asyncio.Task[dict[_K, _V]]"
+    deadline: float
+
+
+class Resolver:
+    """Answers image queries and repository mutability, asking the registry as little as it can.
+
+    `deadline` arguments are absolute times on `clock`. Each of the two caches
+    (digests, mutability) holds at most `max_entries`. `workers` bounds the threads
+    that run blocking client calls.
+    """
+
+    def __init__(
+        self,
+        client: resolutions.RegistryClient,
+        *,
+        ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+        mutability_ttl: float = 600.0,
+        max_entries: int = 100_000,
+        workers: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._mutability_ttl = mutability_ttl
+        self._clock = clock
+        self._digests: _LruCache[resolutions.Query, resolutions.Found | resolutions.Missing] = (
+            _LruCache(DIGESTS_CACHE, max_entries)
+        )
+        self._mutabilities: _LruCache[resolutions.Repository, resolutions.TagMutability] = (
+            _LruCache(MUTABILITY_CACHE, max_entries)
+        )
+        self._digest_flights: dict[resolutions.Query, _Flight[Any, resolutions.Outcome]] = {}
+        self._mutability_flights: dict[
+            resolutions.Repository, _Flight[Any, resolutions.MutabilityOutcome]
+        ] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="digestguard-registry"
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    async def resolve(
+        self, queries: Mapping[resolutions.Query, float], *, deadline: float
+    ) -> dict[resolutions.Query, resolutions.Outcome]:
+        """The outcome of every query; each value of `queries` is that query's max_stale seconds."""
+        now = self._clock()
+        answers: dict[resolutions.Query, resolutions.Outcome] = {}
+        waiting: dict[resolutions.Query, _Flight[Any, resolutions.Outcome]] = {}
+        to_ask: dict[resolutions.Repository, list[resolutions.Query]] = {}
+        for query in queries:
+            entry = self._digests.get(query)
+            if entry is not None and self._is_fresh(entry, now):
+                self._digests.touch(query)
+                answers[query] = entry.value
+                continue
+            flight = _joinable(self._digest_flights, query, now)
+            if flight is not None:
+                waiting[query] = flight
+            else:
+                to_ask.setdefault(query.repository, []).append(query)
+        hits = len(answers)
+
+        for repository, batch in to_ask.items():
+            flight = self._start(
+                self._digest_flights,
+                batch,
+                deadline,
+                functools.partial(self._lookup, repository, batch, deadline),
+            )
+            waiting.update(dict.fromkeys(batch, flight))
+
+        fresh = await self._wait(waiting, deadline)
+        now = self._clock()
+        stale = 0
+        for query in waiting:
+            outcome = fresh.get(query) or resolutions.Unknown(
+                f"{query}: the registry did not answer within the deadline"
+            )
+            answer = self._stale_if_error(query, outcome, queries[query], now)
+            stale += answer is not outcome
+            answers[query] = answer
+        _count(DIGESTS_CACHE, hits=hits, stale=stale, misses=len(waiting) - stale)
+        return answers
+
+    async def mutability(
+        self, repositories: Collection[resolutions.Repository], *, deadline: float
+    ) -> dict[resolutions.Repository, resolutions.MutabilityOutcome]:
+        """The tag mutability of every repository.
+
+        Never served stale: an old IMMUTABLE could accept a tag that has since become mutable.
+        """
+        now = self._clock()
+        answers: dict[resolutions.Repository, resolutions.MutabilityOutcome] = {}
+        waiting: dict[resolutions.Repository, _Flight[Any, resolutions.MutabilityOutcome]] = {}
+        for repository in set(repositories):
+            entry = self._mutabilities.get(repository)
+            if entry is not None and now - entry.stored_at < self._mutability_ttl:
+                self._mutabilities.touch(repository)
+                answers[repository] = entry.value
+                continue
+            flight = _joinable(self._mutability_flights, repository, now)
+            if flight is None:
+                flight = self._start(
+                    self._mutability_flights,
+                    [repository],
+                    deadline,
+                    functools.partial(self._describe, repository, deadline),
+                )
+            waiting[repository] = flight
+        hits = len(answers)
+
+        fresh = await self._wait(waiting, deadline)
+        for repository in waiting:
+            answers[repository] = fresh.get(repository) or resolutions.Unknown(
+                f"{repository}: the registry did not answer within the deadline"
+            )
+        _count(MUTABILITY_CACHE, hits=hits, stale=0, misses=len(waiting))
+        return answers
+
+    def cache_size(self) -> int:
+        """Entries in the digest cache: fresh answers and Found ones kept for stale-if-error."""
+        return len(self._digests)
+
+    async def aclose(self) -> None:
+        """Stop: cancel the calls in progress and shut the thread pool down without waiting.
+
+        A thread blocked in the client is abandoned; the client's own timeouts end it.
+        """
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._digest_flights.clear()
+        self._mutability_flights.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _is_fresh(self, entry: _Entry[resolutions.Found | resolutions.Missing], now: float) -> bool:
+        ttl = self._ttl if isinstance(entry.value, resolutions.Found) else self._negative_ttl
+        return now - entry.stored_at < ttl
+
+    def _stale_if_error(
+        self,
+        query: resolutions.Query,
+        outcome: resolutions.Outcome,
+        max_stale: float,
+        now: float,
+    ) -> resolutions.Outcome:
+        if not isinstance(outcome, resolutions.Unknown):
+            return outcome
+        entry = self._digests.get(query)
+        if entry is None or not isinstance(entry.value, resolutions.Found):
+            return outcome
+        age = now - entry.stored_at
+        if age > max_stale:
+            return outcome
+        self._digests.touch(query)
+        logger.info(
+            "serving a stale digest: the registry could not tell",
+            extra={"image": str(query), "age_seconds": age, "problem": outcome.message},
+        )
+        return dataclasses.replace(entry.value, age_seconds=age)
+
+    def _remember(self, query: resolutions.Query, outcome: resolutions.Outcome, now: float) -> None:
+        if isinstance(outcome, resolutions.Found | resolutions.Missing):
+            self._digests.put(query, outcome, now)
+        # Unknown and Corrupt are not answers to keep; a Found already kept stays for
+        # stale-if-error.
+
+    async def _lookup(
+        self,
+        repository: resolutions.Repository,
+        batch: list[resolutions.Query],
+        deadline: float,
+    ) -> dict[resolutions.Query, resolutions.Outcome]:
+        try:
+            answers = await self._in_thread(
+                deadline, lambda timeout: self._client.lookup(repository, batch, timeout=timeout)
+            )
+        except errors.RegistryError as exc:
+            return dict.fromkeys(batch, resolutions.Unknown(f"{repository}: {exc}"))
+        except Exception as exc:
+            logger.exception("registry lookup failed", extra={"repository": str(repository)})
+            return dict.fromkeys(
+                batch, resolutions.Unknown(f"{repository}: the registry client failed: {exc!r}")
+            )
+        outcomes: dict[resolutions.Query, resolutions.Outcome] = {}
+        now = self._clock()
+        for query in batch:
+            outcome = answers.get(query) or resolutions.Unknown(
+                f"{query}: the registry client gave no answer"
+            )
+            self._remember(query, outcome, now)
+            outcomes[query] = outcome
+        return outcomes
+
+    async def _describe(
+        self, repository: resolutions.Repository, deadline: float
+    ) -> dict[resolutions.Repository, resolutions.MutabilityOutcome]:
+        outcome: resolutions.MutabilityOutcome
+        try:
+            outcome = await self._in_thread(
+                deadline, lambda timeout: self._client.mutability(repository, timeout=timeout)
+            )
+        except errors.RegistryError as exc:
+            outcome = resolutions.Unknown(f"{repository}: {exc}")
+        except Exception as exc:
+            logger.exception("registry mutability failed", extra={"repository": str(repository)})
+            outcome = resolutions.Unknown(f"{repository}: the registry client failed: {exc!r}")
+        if isinstance(outcome, resolutions.TagMutability):
+            self._mutabilities.put(repository, outcome, self._clock())
+        return {repository: outcome}
+
+    async def _in_thread(self, deadline: float, call: Callable[[float], _T]) -> _T:
+        """`call(time left)` in the pool; the time is measured when a thread picks it up."""
+        if self._closed:
+            raise errors.RegistryError("the resolver is shut down")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._with_time_left, deadline, call)
+
+    def _with_time_left(self, deadline: float, call: Callable[[float], _T]) -> _T:
+        time_left = deadline - self._clock()
+        if time_left <= 0:
+            raise errors.DeadlineExceeded("the deadline passed before a registry call could start")
+        return call(time_left)
+
+    def _start(
+        self,
+        flights: dict[_K, _Flight[Any, _V]],
+        keys: Iterable[_K],
+        deadline: float,
+        body: Callable[[], Coroutine[Any, Any, dict[_K, _V]]],
+    ) -> _Flight[_K, _V]:
+        """Run `body` as a task that outlives its callers, registered for every key."""
+        keys = list(keys)
+        task = asyncio.create_task(_landing(flights, keys, body))
+        flight = _Flight(task, deadline)
+        for key in keys:
+            flights[key] = flight
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return flight
+
+    async def _wait(self, waiting: Mapping[_K, _Flight[Any, _V]], deadline: float) -> dict[_K, _V]:
+        """What the flights answered by the deadline; keys still in flight are left out."""
+        tasks = {flight.task for flight in waiting.values()}
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - self._clock()))
+        answered: dict[_K, _V] = {}
+        for key, flight in waiting.items():
+            task = flight.task
+            if task.done() and not task.cancelled() and task.exception() is None:
+                value = task.result().get(key)
+                if value is not None:
+                    answered[key] = value
+        return answered
+
+
+async def _landing(
+    flights: dict[_K, _Flight[Any, _V]],
+    keys: list[_K],
+    body: Callable[[], Coroutine[Any, Any, dict[_K, _V]]],
+) -> dict[_K, _V]:
+    """Await `body()`, then unregister its flight in the same step, so no caller joins a
+    finished flight instead of reading the cache it just filled."""
+    try:
+        return await body()
+    finally:
+        me = asyncio.current_task()
+        for key in keys:
+            flight = flights.get(key)
+            if flight is not None and flight.task is me:
+                del flights[key]
+
+
+def _joinable(
+    flights: Mapping[_K, _Flight[Any, _V]], key: _K, now: float
+) -> _Flight[Any, _V] | None:
+    flight = flights.get(key)
+    if flight is None or now > flight.deadline + _STUCK_AFTER_SECONDS:
+        return None
+    return flight
+
+
+def _count(cache: str, *, hits: int, stale: int, misses: int) -> None:
+    for result, count in (("hit", hits), ("stale", stale), ("miss", misses)):
+        if count:
+            metrics.CACHE_LOOKUPS.labels(cache, result).inc(count)
