@@ -1,0 +1,467 @@
+"""The ECR client's error paths, against an ECR-protocol stub over real HTTP.
+
+moto cannot throttle, hang, reset, report KMS or upstream failures, or hand back a
+manifest that does not match its digest; the stub does all of that and records
+every request it received.
+"""
+
+import time
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from tests.support import ecr_emulator, ecr_stub
+from webhook import ecr, errors, metrics, references, resolutions, resolver
+
+REPOSITORY = resolutions.Repository(ecr_emulator.registry_host(), "team/app")
+BUDGET = 1.0
+
+
+@pytest.fixture
+def stub() -> Iterator[ecr_stub.EcrStub]:
+    with ecr_stub.EcrStub() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def aws_session() -> boto3.session.Session:
+    """One session for the module: loading the ECR model anew for every test is slow."""
+    return ecr_emulator.session()
+
+
+@pytest.fixture
+def client(stub: ecr_stub.EcrStub, aws_session: boto3.session.Session) -> ecr.EcrClient:
+    return ecr.EcrClient(
+        endpoint_url=stub.url,
+        session=aws_session,
+        connect_timeout=0.2,
+        read_timeout=0.2,
+    )
+
+
+@pytest.fixture
+def digest(stub: ecr_stub.EcrStub) -> references.Digest:
+    """The digest of the image tagged v1 in team/app."""
+    manifest = ecr_emulator.docker_manifest()
+    return references.Digest(
+        stub.add_image(REPOSITORY.name, "v1", manifest, ecr_emulator.DOCKER_MANIFEST)
+    )
+
+
+def v1() -> resolutions.Query:
+    return resolutions.Query(REPOSITORY, tag="v1")
+
+
+def lookup(client: ecr.EcrClient, *queries: resolutions.Query) -> resolutions.Outcome:
+    """The outcome of the first query (v1 when none is given)."""
+    queries = queries or (v1(),)
+    return client.lookup(REPOSITORY, queries, timeout=BUDGET)[queries[0]]
+
+
+def registry_calls(outcome: str, operation: str = ecr.BATCH_GET_IMAGE) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "digestguard_registry_calls_total", {"operation": operation, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+# What is sent
+
+
+def test_accepted_media_types_are_always_sent(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    lookup(client)
+
+    (request,) = stub.requests("BatchGetImage")
+    assert request["body"]["acceptedMediaTypes"] == [
+        ecr_emulator.OCI_INDEX,
+        ecr_emulator.OCI_MANIFEST,
+        ecr_emulator.DOCKER_MANIFEST_LIST,
+        ecr_emulator.DOCKER_MANIFEST,
+    ]
+
+
+def test_the_account_of_the_registry_host_is_sent_as_registry_id(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    lookup(client)
+
+    (request,) = stub.requests("BatchGetImage")
+    assert request["body"]["registryId"] == ecr_emulator.ACCOUNT
+
+
+def test_each_query_is_sent_as_a_tag_or_a_digest(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    lookup(client, v1(), resolutions.Query(REPOSITORY, digest=digest))
+
+    (request,) = stub.requests("BatchGetImage")
+    assert sorted(request["body"]["imageIds"], key=str) == sorted(
+        [{"imageTag": "v1"}, {"imageDigest": digest}], key=str
+    )
+
+
+def test_more_than_100_images_are_asked_in_requests_of_at_most_100(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.configure(synthesize=True)
+    queries = [resolutions.Query(REPOSITORY, tag=f"v{n}") for n in range(150)]
+
+    outcomes = client.lookup(REPOSITORY, queries, timeout=BUDGET)
+
+    assert sorted(len(r["body"]["imageIds"]) for r in stub.requests()) == [50, 100]
+    assert all(isinstance(o, resolutions.Found) for o in outcomes.values())
+
+
+def test_when_a_later_request_fails_the_earlier_answers_are_kept(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.configure(synthesize=True)
+    stub.queue(ecr_stub.ANSWER, "AccessDeniedException")
+    queries = [resolutions.Query(REPOSITORY, tag=f"v{n}") for n in range(150)]
+
+    outcomes = client.lookup(REPOSITORY, queries, timeout=BUDGET)
+
+    kinds = [type(outcome).__name__ for outcome in outcomes.values()]
+    assert (kinds.count("Found"), kinds.count("Unknown")) == (100, 50)
+
+
+def test_a_repository_name_ecr_cannot_hold_is_missing_without_a_call(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    one_letter = resolutions.Repository(REPOSITORY.registry, "a")
+    query = resolutions.Query(one_letter, tag="v1")
+
+    outcome = client.lookup(one_letter, [query], timeout=BUDGET)[query]
+
+    assert isinstance(outcome, resolutions.Missing)
+    assert outcome.code == ecr.INVALID_REPOSITORY_NAME
+    assert stub.requests() == []
+
+
+def test_a_host_that_is_not_ecr_is_a_registry_error(client: ecr.EcrClient) -> None:
+    elsewhere = resolutions.Repository("registry.example.com", "team/app")
+
+    with pytest.raises(errors.RegistryError, match=r"not an ECR private registry"):
+        client.lookup(elsewhere, [resolutions.Query(elsewhere, tag="v1")], timeout=BUDGET)
+
+
+# What comes back
+
+
+def test_a_digest_query_is_found_by_its_digest(
+    client: ecr.EcrClient, digest: references.Digest
+) -> None:
+    query = resolutions.Query(REPOSITORY, digest=digest)
+
+    assert lookup(client, query) == resolutions.Found(digest, ecr_emulator.DOCKER_MANIFEST)
+
+
+def test_a_missing_digest_is_reported_missing(
+    client: ecr.EcrClient, digest: references.Digest
+) -> None:
+    query = resolutions.Query(REPOSITORY, digest=references.Digest("sha256:" + "0" * 64))
+
+    outcome = lookup(client, query)
+
+    assert isinstance(outcome, resolutions.Missing)
+    assert outcome.code == "ImageNotFound"
+
+
+def test_a_manifest_that_does_not_hash_to_its_digest_is_corrupt(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(corrupt=["v1"])
+
+    outcome = lookup(client)
+
+    assert isinstance(outcome, resolutions.Corrupt)
+    assert digest in outcome.message
+
+
+def test_an_image_the_answer_does_not_mention_is_unknown(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(omit=["v1"])
+
+    assert isinstance(lookup(client), resolutions.Unknown)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "ImageNotFound",
+        "ImageTagDoesNotMatchDigest",
+        "InvalidImageTag",
+        "InvalidImageDigest",
+        "MissingDigestAndTag",
+    ],
+)
+def test_a_failure_code_saying_the_image_does_not_exist_is_missing(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest, code: str
+) -> None:
+    stub.configure(failures={"v1": code})
+
+    outcome = lookup(client)
+
+    assert isinstance(outcome, resolutions.Missing)
+    assert outcome.code == code
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "KmsError",
+        "UpstreamAccessDenied",
+        "UpstreamTooManyRequests",
+        "UpstreamUnavailable",
+        "ImageInaccessible",
+        "ImageReferencedByManifestList",
+        "SomeCodeFromTheFuture",
+    ],
+)
+def test_a_failure_code_that_cannot_tell_is_unknown(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest, code: str
+) -> None:
+    stub.configure(failures={"v1": code})
+
+    outcome = lookup(client)
+
+    assert isinstance(outcome, resolutions.Unknown)
+    assert code in outcome.message
+
+
+def test_a_failure_code_is_not_retried(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(failures={"v1": "UpstreamUnavailable"})
+
+    lookup(client)
+
+    assert len(stub.requests()) == 1
+
+
+def test_a_missing_repository_is_missing_for_every_image(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    queries = [resolutions.Query(REPOSITORY, tag=t) for t in ("v1", "v2")]
+
+    outcomes = client.lookup(REPOSITORY, queries, timeout=BUDGET)
+
+    assert {o.code for o in outcomes.values() if isinstance(o, resolutions.Missing)} == {
+        ecr.REPOSITORY_NOT_FOUND
+    }
+    assert len(outcomes) == 2
+
+
+# Whole-call errors
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        "ThrottlingException",
+        "LimitExceededException",
+        "ServerException",
+        "UnableToGetUpstreamImageException",
+        ecr_stub.RESET,
+    ],
+)
+def test_a_transient_error_is_retried(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest, behaviour: str
+) -> None:
+    stub.queue(behaviour)
+
+    outcome = lookup(client)
+
+    assert outcome == resolutions.Found(digest, ecr_emulator.DOCKER_MANIFEST)
+    assert len(stub.requests()) == 2
+
+
+def test_botocore_does_not_retry_on_its_own(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.queue("ThrottlingException", "ThrottlingException")
+
+    lookup(client)
+
+    assert len(stub.requests()) == 3
+
+
+def test_persistent_throttling_ends_in_a_registry_error_once_the_budget_is_spent(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(always="ThrottlingException")
+
+    with pytest.raises(errors.RegistryError, match="ThrottlingException"):
+        lookup(client)
+    assert len(stub.requests()) > 1
+
+
+def test_throttled_attempts_are_counted_as_throttled(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.queue("ThrottlingException", "ThrottlingException")
+    before = registry_calls("throttled")
+
+    lookup(client)
+
+    assert registry_calls("throttled") == before + 2
+
+
+def test_a_hanging_registry_is_bounded_by_the_time_budget(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(always=ecr_stub.HANG)
+
+    with pytest.raises(errors.RegistryError, match="ReadTimeout"):
+        client.lookup(REPOSITORY, [v1()], timeout=0.5)
+
+
+def test_no_attempt_is_made_without_time_left(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    with pytest.raises(errors.DeadlineExceeded):
+        client.lookup(REPOSITORY, [v1()], timeout=0.0)
+    assert stub.requests() == []
+
+
+def test_access_denied_names_the_iam_action_to_grant(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.configure(always="AccessDeniedException")
+
+    with pytest.raises(errors.RegistryError, match=r"ecr:BatchGetImage on arn:aws:ecr:us-east-1"):
+        lookup(client)
+    assert len(stub.requests()) == 1
+
+
+def test_an_invalid_parameter_answer_is_a_registry_error_not_a_missing_image(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.configure(always="InvalidParameterException")
+
+    with pytest.raises(
+        errors.RegistryError, match=r"refused the BatchGetImage request .* as invalid"
+    ):
+        lookup(client)
+    assert len(stub.requests()) == 1
+
+
+async def test_a_throttled_registry_makes_the_resolver_answer_unknown_with_the_reason(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(always="ThrottlingException")
+    the_resolver = resolver.Resolver(client)
+    try:
+        outcomes = await the_resolver.resolve({v1(): 0.0}, deadline=time.monotonic() + BUDGET)
+    finally:
+        await the_resolver.aclose()
+
+    outcome = outcomes[v1()]
+    assert isinstance(outcome, resolutions.Unknown)
+    assert "ThrottlingException" in outcome.message
+
+
+# Tag mutability
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"imageTagMutability": "MUTABLE"},
+            resolutions.TagMutability(resolutions.Mutability.MUTABLE),
+        ),
+        (
+            {"imageTagMutability": "IMMUTABLE"},
+            resolutions.TagMutability(resolutions.Mutability.IMMUTABLE),
+        ),
+        (
+            {
+                "imageTagMutability": "IMMUTABLE_WITH_EXCLUSION",
+                "imageTagMutabilityExclusionFilters": [
+                    {"filterType": "WILDCARD", "filter": "latest"},
+                    {"filterType": "WILDCARD", "filter": "dev-*"},
+                ],
+            },
+            resolutions.TagMutability(
+                resolutions.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest", "dev-*")
+            ),
+        ),
+        (
+            {
+                "imageTagMutability": "MUTABLE_WITH_EXCLUSION",
+                "imageTagMutabilityExclusionFilters": [
+                    {"filterType": "WILDCARD", "filter": "release-*"}
+                ],
+            },
+            resolutions.TagMutability(
+                resolutions.Mutability.MUTABLE_WITH_EXCLUSION, ("release-*",)
+            ),
+        ),
+    ],
+    ids=["mutable", "immutable", "immutable-with-exclusion", "mutable-with-exclusion"],
+)
+def test_each_mutability_mode_is_reported_with_its_exclusions(
+    client: ecr.EcrClient,
+    stub: ecr_stub.EcrStub,
+    fields: dict[str, object],
+    expected: resolutions.TagMutability,
+) -> None:
+    stub.add_repository(REPOSITORY.name, **fields)
+
+    assert client.mutability(REPOSITORY, timeout=BUDGET) == expected
+
+
+def test_a_repository_without_exclusion_filters_has_none(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.add_repository(REPOSITORY.name, imageTagMutability="IMMUTABLE")
+
+    outcome = client.mutability(REPOSITORY, timeout=BUDGET)
+
+    assert outcome == resolutions.TagMutability(resolutions.Mutability.IMMUTABLE, ())
+
+
+def test_an_exclusion_filter_of_an_unknown_type_makes_mutability_unknown(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.add_repository(
+        REPOSITORY.name,
+        imageTagMutability="IMMUTABLE_WITH_EXCLUSION",
+        imageTagMutabilityExclusionFilters=[{"filterType": "REGEX", "filter": "v.*"}],
+    )
+
+    assert isinstance(client.mutability(REPOSITORY, timeout=BUDGET), resolutions.Unknown)
+
+
+def test_a_mutability_mode_from_the_future_is_unknown(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.add_repository(REPOSITORY.name, imageTagMutability="IMMUTABLE_ON_TUESDAYS")
+
+    assert isinstance(client.mutability(REPOSITORY, timeout=BUDGET), resolutions.Unknown)
+
+
+def test_describe_repositories_throttling_is_retried(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.add_repository(REPOSITORY.name, imageTagMutability="IMMUTABLE")
+    stub.queue("ThrottlingException")
+
+    outcome = client.mutability(REPOSITORY, timeout=BUDGET)
+
+    assert outcome == resolutions.TagMutability(resolutions.Mutability.IMMUTABLE)
+    assert len(stub.requests("DescribeRepositories")) == 2
+
+
+def test_access_denied_on_describe_repositories_names_that_action(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub
+) -> None:
+    stub.configure(always="AccessDeniedException")
+
+    with pytest.raises(errors.RegistryError, match="ecr:DescribeRepositories"):
+        client.mutability(REPOSITORY, timeout=BUDGET)

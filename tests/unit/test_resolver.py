@@ -1,0 +1,581 @@
+"""The resolver asks the registry as little as it can and always answers by the deadline."""
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+
+import pytest
+
+from webhook import errors, metrics, references, resolutions, resolver
+
+REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+APP = resolutions.Repository(REGISTRY, "team/app")
+API = resolutions.Repository(REGISTRY, "team/api")
+MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+LONG = 30.0
+"""A deadline far enough away that only a hanging registry can reach it."""
+
+
+def tag(name: str, repository: resolutions.Repository = APP) -> resolutions.Query:
+    return resolutions.Query(repository, tag=name)
+
+
+def digest_of(name: str) -> references.Digest:
+    return references.Digest("sha256:" + hashlib.sha256(name.encode()).hexdigest())
+
+
+def found(name: str) -> resolutions.Found:
+    return resolutions.Found(digest_of(name), MEDIA_TYPE)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeRegistry:
+    """An in-memory registry client that records its calls and can fail or hang."""
+
+    def __init__(self) -> None:
+        self.images: dict[resolutions.Query, resolutions.Outcome] = {}
+        self.mutabilities: dict[resolutions.Repository, resolutions.MutabilityOutcome] = {}
+        self.lookups: list[tuple[resolutions.Repository, frozenset[resolutions.Query]]] = []
+        self.describes: list[resolutions.Repository] = []
+        self.timeouts: list[float] = []
+        self.threads: list[int] = []
+        self.failure: Exception | None = None
+        self.gate = threading.Event()
+        self.gate.set()
+        self._lock = threading.Lock()
+
+    def hang(self) -> None:
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def lookup(
+        self,
+        repository: resolutions.Repository,
+        queries: Collection[resolutions.Query],
+        *,
+        timeout: float,
+    ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+        with self._lock:
+            self.lookups.append((repository, frozenset(queries)))
+            self.timeouts.append(timeout)
+            self.threads.append(threading.get_ident())
+        self.gate.wait(LONG)
+        if self.failure is not None:
+            raise self.failure
+        return {
+            q: self.images.get(q, resolutions.Missing("ImageNotFound", f"{q}: not found"))
+            for q in queries
+        }
+
+    def mutability(
+        self, repository: resolutions.Repository, *, timeout: float
+    ) -> resolutions.MutabilityOutcome:
+        with self._lock:
+            self.describes.append(repository)
+        self.gate.wait(LONG)
+        if self.failure is not None:
+            raise self.failure
+        return self.mutabilities.get(
+            repository, resolutions.TagMutability(resolutions.Mutability.MUTABLE)
+        )
+
+
+@pytest.fixture
+def registry() -> Iterator[FakeRegistry]:
+    fake = FakeRegistry()
+    yield fake
+    fake.release()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def the_resolver(
+    registry: FakeRegistry, clock: FakeClock
+) -> AsyncIterator[resolver.Resolver]:
+    the_resolver = resolver.Resolver(
+        registry, ttl=60.0, negative_ttl=5.0, mutability_ttl=600.0, clock=clock
+    )
+    yield the_resolver
+    registry.release()
+    await the_resolver.aclose()
+
+
+async def resolve(
+    the_resolver: resolver.Resolver,
+    clock: FakeClock,
+    *queries: resolutions.Query,
+    max_stale: float = 600.0,
+    within: float = LONG,
+) -> dict[resolutions.Query, resolutions.Outcome]:
+    return await the_resolver.resolve(dict.fromkeys(queries, max_stale), deadline=clock() + within)
+
+
+def cache_lookups(result: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "digestguard_cache_lookups_total", {"cache": "digests", "result": result}
+    )
+    return value or 0.0
+
+
+# Batching and call counts
+
+
+async def test_one_admission_makes_one_lookup_per_repository(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    queries = [tag("a"), tag("b"), tag("c"), tag("x", API), tag("y", API)]
+
+    await resolve(the_resolver, clock, *queries)
+
+    assert sorted(registry.lookups, key=lambda call: call[0].name) == [
+        (API, frozenset(queries[3:])),
+        (APP, frozenset(queries[:3])),
+    ]
+
+
+async def test_every_query_gets_the_registry_answer(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+
+    answers = await resolve(the_resolver, clock, tag("v1"), tag("gone"))
+
+    assert answers == {
+        tag("v1"): found("v1"),
+        tag("gone"): resolutions.Missing("ImageNotFound", f"{tag('gone')}: not found"),
+    }
+
+
+async def test_a_second_admission_of_the_same_images_makes_no_call(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"), tag("x", API))
+
+    answers = await resolve(the_resolver, clock, tag("v1"), tag("x", API))
+
+    assert len(registry.lookups) == 2
+    assert answers[tag("v1")] == found("v1")
+
+
+async def test_only_the_cache_misses_are_asked(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await resolve(the_resolver, clock, tag("a"))
+
+    await resolve(the_resolver, clock, tag("a"), tag("b"))
+
+    assert registry.lookups[-1] == (APP, frozenset({tag("b")}))
+
+
+async def test_an_empty_admission_makes_no_call(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    assert await resolve(the_resolver, clock) == {}
+    assert registry.lookups == []
+
+
+# Single-flight
+
+
+async def test_concurrent_resolves_of_one_new_tag_share_one_lookup(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+
+    answers = await asyncio.gather(*(resolve(the_resolver, clock, tag("v1")) for _ in range(500)))
+
+    assert len(registry.lookups) == 1
+    assert all(answer == {tag("v1"): found("v1")} for answer in answers)
+
+
+async def test_waiters_for_any_query_of_an_inflight_call_share_it(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("a")] = found("a")
+    registry.images[tag("b")] = found("b")
+    registry.hang()
+    first = asyncio.create_task(resolve(the_resolver, clock, tag("a"), tag("b")))
+    await asyncio.sleep(0)  # let the first admission start its call
+    for_a = asyncio.create_task(resolve(the_resolver, clock, tag("a")))
+    for_b = asyncio.create_task(resolve(the_resolver, clock, tag("b")))
+    await asyncio.sleep(0)
+
+    registry.release()
+
+    assert await for_a == {tag("a"): found("a")}
+    assert await for_b == {tag("b"): found("b")}
+    assert len(await first) == 2
+    assert len(registry.lookups) == 1
+
+
+async def test_concurrent_mutability_questions_share_one_call(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    answers = await asyncio.gather(
+        *(the_resolver.mutability([APP], deadline=clock() + LONG) for _ in range(100))
+    )
+
+    assert registry.describes == [APP]
+    assert all(isinstance(answer[APP], resolutions.TagMutability) for answer in answers)
+
+
+# Threads and timeouts
+
+
+async def test_the_client_runs_off_the_event_loop_thread(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await resolve(the_resolver, clock, tag("a"))
+
+    assert registry.threads != [threading.get_ident()]
+
+
+async def test_the_client_gets_the_time_left_to_the_deadline_as_timeout(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await resolve(the_resolver, clock, tag("a"), within=7.0)
+
+    assert registry.timeouts == [7.0]
+
+
+# Cache lifetimes
+
+
+async def test_a_found_digest_is_asked_again_after_its_ttl(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(59.0)
+    await resolve(the_resolver, clock, tag("v1"))
+    assert len(registry.lookups) == 1
+
+    clock.advance(1.0)
+    await resolve(the_resolver, clock, tag("v1"))
+
+    assert len(registry.lookups) == 2
+
+
+async def test_a_missing_image_is_cached_only_for_the_negative_ttl(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await resolve(the_resolver, clock, tag("gone"))
+    clock.advance(4.0)
+    await resolve(the_resolver, clock, tag("gone"))
+    assert len(registry.lookups) == 1
+
+    clock.advance(1.0)
+    await resolve(the_resolver, clock, tag("gone"))
+
+    assert len(registry.lookups) == 2
+
+
+async def test_a_newly_pushed_tag_is_found_once_the_negative_ttl_passes(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await resolve(the_resolver, clock, tag("v2"))
+    registry.images[tag("v2")] = found("v2")
+    clock.advance(5.0)
+
+    answers = await resolve(the_resolver, clock, tag("v2"))
+
+    assert answers[tag("v2")] == found("v2")
+
+
+async def test_unknown_is_never_cached(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = resolutions.Unknown("KmsError")
+    await resolve(the_resolver, clock, tag("v1"))
+    registry.images[tag("v1")] = found("v1")
+
+    answers = await resolve(the_resolver, clock, tag("v1"))
+
+    assert answers[tag("v1")] == found("v1")
+    assert len(registry.lookups) == 2
+
+
+async def test_a_registry_error_is_never_cached(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.failure = errors.RegistryError("throttled")
+    await resolve(the_resolver, clock, tag("v1"))
+    registry.failure = None
+
+    await resolve(the_resolver, clock, tag("v1"))
+
+    assert len(registry.lookups) == 2
+
+
+async def test_corrupt_is_never_cached(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = resolutions.Corrupt("digest mismatch")
+    await resolve(the_resolver, clock, tag("v1"))
+
+    answers = await resolve(the_resolver, clock, tag("v1"))
+
+    assert answers[tag("v1")] == resolutions.Corrupt("digest mismatch")
+    assert len(registry.lookups) == 2
+
+
+async def test_the_cache_holds_at_most_max_entries(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    small = resolver.Resolver(registry, max_entries=3, clock=clock)
+    try:
+        await resolve(small, clock, *(tag(str(n)) for n in range(10)))
+
+        assert small.cache_size() == 3
+    finally:
+        await small.aclose()
+
+
+async def test_the_least_recently_used_entry_is_evicted_first(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    small = resolver.Resolver(registry, max_entries=3, clock=clock)
+    try:
+        for name in ("a", "b", "c"):
+            await resolve(small, clock, tag(name))
+        await resolve(small, clock, tag("a"))  # a is now the most recently used
+        await resolve(small, clock, tag("d"))  # evicts b
+        calls = len(registry.lookups)
+
+        await resolve(small, clock, tag("a"))
+        assert len(registry.lookups) == calls
+        await resolve(small, clock, tag("b"))
+        assert len(registry.lookups) == calls + 1
+    finally:
+        await small.aclose()
+
+
+async def test_mutability_is_cached_for_its_own_ttl(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await the_resolver.mutability([APP], deadline=clock() + LONG)
+    clock.advance(599.0)
+    await the_resolver.mutability([APP], deadline=clock() + LONG)
+    assert registry.describes == [APP]
+
+    clock.advance(1.0)
+    await the_resolver.mutability([APP], deadline=clock() + LONG)
+
+    assert registry.describes == [APP, APP]
+
+
+async def test_unknown_mutability_is_never_cached(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.failure = errors.RegistryError("AccessDenied")
+    first = await the_resolver.mutability([APP], deadline=clock() + LONG)
+    registry.failure = None
+
+    second = await the_resolver.mutability([APP], deadline=clock() + LONG)
+
+    assert isinstance(first[APP], resolutions.Unknown)
+    assert second[APP] == resolutions.TagMutability(resolutions.Mutability.MUTABLE)
+
+
+# Deadlines
+
+
+async def test_the_deadline_is_honoured_when_the_registry_hangs(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.hang()
+
+    answers = await resolve(the_resolver, clock, tag("v1"), within=0.05)
+
+    outcome = answers[tag("v1")]
+    assert isinstance(outcome, resolutions.Unknown)
+    assert "did not answer within the deadline" in outcome.message
+
+
+async def test_mutability_honours_the_deadline_when_the_registry_hangs(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.hang()
+
+    answers = await the_resolver.mutability([APP], deadline=clock() + 0.05)
+
+    assert isinstance(answers[APP], resolutions.Unknown)
+
+
+async def test_a_call_abandoned_at_the_deadline_still_answers_the_next_admission(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    registry.hang()
+    await resolve(the_resolver, clock, tag("v1"), within=0.05)
+
+    registry.release()
+    answers = await resolve(the_resolver, clock, tag("v1"))
+
+    assert answers[tag("v1")] == found("v1")
+    assert len(registry.lookups) == 1
+
+
+async def test_a_deadline_already_past_calls_nothing_and_answers_unknown(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    answers = await resolve(the_resolver, clock, tag("v1"), within=-1.0)
+
+    assert isinstance(answers[tag("v1")], resolutions.Unknown)
+    assert registry.lookups == []
+
+
+# Failures of the client
+
+
+async def test_a_registry_error_makes_every_query_of_the_call_unknown(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.failure = errors.RegistryError("ECR BatchGetImage throttled")
+
+    answers = await resolve(the_resolver, clock, tag("a"), tag("b"), max_stale=0.0)
+
+    assert all(isinstance(outcome, resolutions.Unknown) for outcome in answers.values())
+    assert "ECR BatchGetImage throttled" in str(answers[tag("a")])
+
+
+async def test_an_unexpected_client_exception_becomes_unknown(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.failure = RuntimeError("bug")
+
+    answers = await resolve(the_resolver, clock, tag("a"))
+
+    assert isinstance(answers[tag("a")], resolutions.Unknown)
+
+
+async def test_a_query_the_client_left_out_is_unknown(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    class Forgetful(FakeRegistry):
+        def lookup(
+            self,
+            repository: resolutions.Repository,
+            queries: Collection[resolutions.Query],
+            *,
+            timeout: float,
+        ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+            return {}
+
+    forgetful = resolver.Resolver(Forgetful(), clock=clock)
+    try:
+        answers = await resolve(forgetful, clock, tag("a"))
+    finally:
+        await forgetful.aclose()
+
+    assert isinstance(answers[tag("a")], resolutions.Unknown)
+
+
+async def test_a_closed_resolver_answers_unknown_without_calling_the_registry(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    closed = resolver.Resolver(registry, clock=clock)
+    await closed.aclose()
+
+    answers = await resolve(closed, clock, tag("a"))
+
+    assert isinstance(answers[tag("a")], resolutions.Unknown)
+    assert registry.lookups == []
+
+
+# Stale-if-error
+
+
+async def test_a_stale_digest_is_served_within_max_stale_when_the_registry_errors(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(120.0)
+    registry.failure = errors.RegistryError("ThrottlingException")
+
+    answers = await resolve(the_resolver, clock, tag("v1"), max_stale=600.0)
+
+    assert answers[tag("v1")] == resolutions.Found(digest_of("v1"), MEDIA_TYPE, age_seconds=120.0)
+
+
+async def test_a_stale_digest_older_than_max_stale_is_not_served(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(120.0)
+    registry.failure = errors.RegistryError("ThrottlingException")
+
+    answers = await resolve(the_resolver, clock, tag("v1"), max_stale=119.0)
+
+    assert isinstance(answers[tag("v1")], resolutions.Unknown)
+
+
+async def test_a_stale_digest_is_served_when_the_registry_misses_the_deadline(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(61.0)
+    registry.hang()
+
+    answers = await resolve(the_resolver, clock, tag("v1"), within=0.05)
+
+    assert answers[tag("v1")] == resolutions.Found(digest_of("v1"), MEDIA_TYPE, age_seconds=61.0)
+
+
+async def test_a_missing_answer_is_never_replaced_by_a_stale_digest(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(61.0)
+    del registry.images[tag("v1")]
+
+    answers = await resolve(the_resolver, clock, tag("v1"))
+
+    assert isinstance(answers[tag("v1")], resolutions.Missing)
+
+
+async def test_a_stale_answer_is_counted_as_stale(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(61.0)
+    registry.failure = errors.RegistryError("ThrottlingException")
+    before = cache_lookups("stale")
+
+    await resolve(the_resolver, clock, tag("v1"))
+
+    assert cache_lookups("stale") == before + 1
+
+
+async def test_cache_hits_are_counted_as_hits(
+    the_resolver: resolver.Resolver, clock: FakeClock
+) -> None:
+    await resolve(the_resolver, clock, tag("a"), tag("b"))
+    before = cache_lookups("hit")
+
+    await resolve(the_resolver, clock, tag("a"), tag("b"))
+
+    assert cache_lookups("hit") == before + 2
