@@ -24,6 +24,7 @@ class OnResolveError(enum.Enum):
 _E = TypeVar("_E", bound=enum.Enum)
 
 DEFAULT_MAX_STALE: Final = "10m"
+_GLOB_HOST: Final = re.compile(r"(?:\[[0-9a-fA-F:.*?]+\]|[^:]+)(?::[0-9*?]+)?")
 _SPEC_FIELDS: Final = frozenset(
     {
         "namespaceSelector",
@@ -84,7 +85,11 @@ class Policy:
 def compile_glob(pattern: str) -> Glob:
     if not pattern:
         raise errors.InvalidPolicy("images", "a pattern must not be empty")
-    if any(ch in pattern for ch in ":@") or any(ch.isspace() for ch in pattern):
+    host, slash, repository = pattern.partition("/")
+    # A ':' means a tag, unless it is part of a registry host (`localhost:5000/**`).
+    host_colon = bool(slash) and _GLOB_HOST.fullmatch(host) is not None
+    tag_colon = ":" in repository or (":" in host and not host_colon)
+    if tag_colon or "@" in pattern or any(ch.isspace() for ch in pattern):
         raise errors.InvalidPolicy(
             "images",
             f"pattern {pattern!r} must match registry/repository only (no tag, digest or spaces)",

@@ -25,7 +25,8 @@ _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
 )
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+# ASCII only, as in Go's `\w`: Python's `\w` would also accept letters of every script.
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
 _DIGEST_HEX_LENGTHS: Final = {"sha256": 64, "sha384": 96, "sha512": 128}
 
@@ -188,6 +189,15 @@ _PARTITION_OF_SUFFIX: Final = {
     "csp.hci.ic.gov": "aws-iso-f",
 }
 _DUALSTACK_SUFFIXES: Final = frozenset({"on.aws", "on.amazonwebservices.com.cn"})
+# Regions outside the commercial partition, by name prefix.
+_PARTITION_OF_REGION_PREFIX: Final = (
+    ("us-gov-", "aws-us-gov"),
+    ("cn-", "aws-cn"),
+    ("us-isob-", "aws-iso-b"),
+    ("us-iso-", "aws-iso"),
+    ("eu-isoe-", "aws-iso-e"),
+    ("us-isof-", "aws-iso-f"),
+)
 
 
 def parse_ecr_host(host: str) -> EcrRegistry | None:
@@ -200,11 +210,13 @@ def parse_ecr_host(host: str) -> EcrRegistry | None:
     # Dual-stack hosts are spelled `dkr-ecr`, IPv4-only ones `dkr.ecr`; a mix is no ECR host.
     if dualstack != (match["dualstack_dash"] == "-ecr"):
         return None
-    partition = _PARTITION_OF_SUFFIX[suffix]
     region = match["region"]
-    if partition == "aws" and region.startswith("us-gov-"):
-        partition = "aws-us-gov"
-    if (partition == "aws-cn") != region.startswith("cn-"):
+    partition = next(
+        (name for prefix, name in _PARTITION_OF_REGION_PREFIX if region.startswith(prefix)), "aws"
+    )
+    # GovCloud shares the commercial domains; every other partition has its own.
+    domain_partition = _PARTITION_OF_SUFFIX[suffix]
+    if partition != domain_partition and (partition, domain_partition) != ("aws-us-gov", "aws"):
         return None
     return EcrRegistry(
         account=match["account"],

@@ -76,7 +76,7 @@ def check(raw: Any) -> Request:
     if not isinstance(kind, Mapping) or not isinstance(kind.get("kind"), str):
         raise InvalidReview("request.kind must have a string kind", uid)
     operation = request.get("operation")
-    if operation not in OPERATIONS:
+    if not isinstance(operation, str) or operation not in OPERATIONS:
         raise InvalidReview(f"request.operation must be one of {sorted(OPERATIONS)}", uid)
     if not isinstance(request.get("userInfo"), Mapping):
         raise InvalidReview("request.userInfo must be an object", uid)
