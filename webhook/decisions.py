@@ -182,7 +182,7 @@ def plan(
             subject.is_tag_only
             and subject.lookup is not None
             and any(
-                p.action is policies.Action.ENFORCE and p.allow_immutable_tags for p in in_phase
+                p.action is not policies.Action.MUTATE and p.allow_immutable_tags for p in in_phase
             )
         ):
             mutability.add(subject.lookup.repository)
@@ -299,12 +299,14 @@ def _judge(
             reason, detail, fatal = problem
             denies = policy.can_deny and (fatal or deny_on_error)
             findings.append(Finding(reason, subject, policy, detail, denies))
-            continue
+            if fatal:
+                continue
+        # A tag-only reference breaks Enforce whether or not the registry answered.
         unpinned = _unpinned_violation(subject, policy, the_plan, mutabilities)
         if unpinned is not None:
-            findings.append(
-                Finding(names.REASON_TAG_NOT_PINNED, subject, policy, unpinned, policy.can_deny)
-            )
+            detail, decided = unpinned
+            denies = policy.can_deny and (decided or deny_on_error)
+            findings.append(Finding(names.REASON_TAG_NOT_PINNED, subject, policy, detail, denies))
     return findings, digest, notes
 
 
@@ -343,7 +345,9 @@ def _unpinned_violation(
     policy: policies.Policy,
     the_plan: Plan,
     mutabilities: Mapping[resolutions.Repository, resolutions.MutabilityOutcome],
-) -> str | None:
+) -> tuple[str, bool] | None:
+    """(detail, decided) when a tag-only reference breaks `policy`; not decided when the
+    tag mutability could not be read, so that onResolveError decides."""
     if not subject.is_tag_only or the_plan.phase is Phase.MUTATING:
         return None
     if policy.action is policies.Action.MUTATE:
@@ -351,15 +355,20 @@ def _unpinned_violation(
     if policy.allow_immutable_tags and subject.lookup is not None:
         tag = subject.lookup.tag or resolutions.IMPLICIT_TAG
         setting = mutabilities.get(subject.lookup.repository)
-        if isinstance(setting, resolutions.TagMutability) and setting.is_immutable(tag):
-            return None
-        if isinstance(setting, resolutions.Unknown):
+        if isinstance(setting, resolutions.TagMutability):
+            if setting.is_immutable(tag):
+                return None
             return (
-                "referenced by tag only, and the repository's tag mutability could not be"
-                f" read ({setting.message}); pin it by digest"
+                f"referenced by the mutable tag {tag!r}; pin it by digest (repo@sha256:...)",
+                True,
             )
-        return f"referenced by the mutable tag {tag!r}; pin it by digest (repo@sha256:...)"
-    return "referenced by tag only; pin it by digest (repo@sha256:...)"
+        message = setting.message if setting is not None else "no answer"
+        return (
+            "referenced by tag only, and the repository's tag mutability could not be"
+            f" read ({message}); pin it by digest",
+            False,
+        )
+    return "referenced by tag only; pin it by digest (repo@sha256:...)", True
 
 
 def _tag_moved(
