@@ -196,7 +196,10 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
             "install the chart's CRD first"
         )
     the_resolver = resolver.Resolver(
-        ecr.EcrClient(endpoint_url=options.ecr_endpoint_url or None),
+        ecr.EcrClient(
+            endpoint_url=options.ecr_endpoint_url or None,
+            max_pool_connections=max(32, config.registry_workers),
+        ),
         ttl=config.cache_ttl,
         negative_ttl=config.negative_cache_ttl,
         mutability_ttl=config.mutability_cache_ttl,

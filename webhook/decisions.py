@@ -170,7 +170,7 @@ def plan(
             reference=reference,
             problem=problem,
             policies=in_phase,
-            max_stale_seconds=min(p.max_stale_seconds for p in applicable),
+            max_stale_seconds=_max_stale(applicable),
         )
         subjects.append(subject)
         for query in (subject.lookup, subject.tag_check):
@@ -255,6 +255,13 @@ def apply_edits(body: MutableMapping[str, Any], verdict: Verdict) -> None:
         if not isinstance(annotations, dict):
             annotations = metadata["annotations"] = {}
         annotations.update(verdict.annotations)
+
+
+def _max_stale(applicable: tuple[policies.Policy, ...]) -> float:
+    """The smallest maxStale, of the policies that can deny if any: an Audit policy's
+    stricter maxStale must not turn a registry blip into a denial."""
+    deciding = [p for p in applicable if p.can_deny] or list(applicable)
+    return min(p.max_stale_seconds for p in deciding)
 
 
 def _acts_in(policy: policies.Policy, phase: Phase, kind: str) -> bool:

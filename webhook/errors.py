@@ -31,7 +31,7 @@ class InvalidPolicy(DigestguardError):
     """A DigestPolicy whose spec cannot be enforced as written."""
 
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"spec.{field}: {problem}")
+        super().__init__(f"spec.{field}: {problem}" if field else f"spec: {problem}")
         self.field = field
         self.problem = problem
 

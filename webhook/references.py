@@ -109,6 +109,8 @@ def parse(image: str) -> ImageReference:
             image, f"the name is {len(written_name)} characters long (at most {NAME_MAX_LENGTH})"
         )
 
+    # Hosts are case-insensitive: one spelling keeps one cache entry per repository.
+    registry = registry.lower() if registry is not None else None
     if registry is None or registry in _DOCKER_HUB_ALIASES:
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and "/" not in path:

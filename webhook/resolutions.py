@@ -113,7 +113,8 @@ class RegistryClient(Protocol):
     """The blocking calls a registry client offers; the resolver runs them in threads.
 
     Each call covers one repository and answers every query it was given; it raises
-    `errors.RegistryError` only when the registry could not be asked at all.
+    `errors.RegistryError` when the call as a whole produced no per-image answer
+    (unreachable, refused, or out of time).
     """
 
     def lookup(

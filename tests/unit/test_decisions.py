@@ -651,6 +651,16 @@ def test_smallest_max_stale_of_the_matching_policies_goes_with_the_query() -> No
     assert dict(make_plan(api_pod(), rules).queries) == {BY_TAG: 30.0}
 
 
+def test_an_audit_policys_smaller_max_stale_does_not_shorten_a_mutate_policys() -> None:
+    rules = [policy("pin", maxStale="10m"), policy("watch", action="Audit", maxStale="0")]
+    assert dict(make_plan(api_pod(), rules).queries) == {BY_TAG: 600.0}
+
+
+def test_audit_policies_alone_use_their_own_smallest_max_stale() -> None:
+    rules = [policy("a", action="Audit", maxStale="1m"), policy("b", action="Audit", maxStale="2m")]
+    assert dict(make_plan(api_pod(), rules, VALIDATING).queries) == {BY_TAG: 60.0}
+
+
 def test_each_image_gets_the_max_stale_of_its_own_policies() -> None:
     rules = [
         policy("api", images=[f"{ECR}/shop/api"], maxStale="1m"),

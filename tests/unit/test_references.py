@@ -98,9 +98,18 @@ def test_single_label_host_with_port_is_a_registry() -> None:
     assert (ref.registry, ref.repository, ref.tag) == ("registry:5000", "app", "v1")
 
 
-def test_uppercase_first_component_is_a_registry_host() -> None:
+def test_uppercase_first_component_is_a_registry_host_compared_in_lowercase() -> None:
     ref = references.parse("MyRegistry/app")
-    assert (ref.registry, ref.repository) == ("MyRegistry", "app")
+    assert (ref.registry, ref.repository) == ("myregistry", "app")
+
+
+def test_ecr_host_spelled_in_capitals_is_the_same_repository() -> None:
+    upper = references.parse("123456789012.DKR.ECR.us-east-1.AMAZONAWS.COM/app:v1")
+    lower = references.parse("123456789012.dkr.ecr.us-east-1.amazonaws.com/app:v1")
+    assert upper.name == lower.name
+    assert upper.pinned(references.Digest("sha256:" + "a" * 64), keep_tag=True).startswith(
+        "123456789012.DKR.ECR.us-east-1.AMAZONAWS.COM/app:v1@"
+    )
 
 
 def test_ipv6_registry_in_brackets_with_port() -> None:
@@ -598,14 +607,14 @@ def test_every_reference_built_from_the_grammar_parses_back_into_its_parts(
         # Without a registry, a first component that looks like a host is one.
         assume("/" not in path or ("." not in first and first != "localhost"))
     else:
-        assume(registry not in _DOCKER_HUB_SPELLINGS)
+        assume(registry.lower() not in _DOCKER_HUB_SPELLINGS)
     name = f"{registry}/{path}" if registry is not None else path
     assume(len(name) <= references.NAME_MAX_LENGTH)
     image = name + (f":{tag}" if tag is not None else "") + (f"@{digest}" if digest else "")
 
     ref = references.parse(image)
 
-    expected_registry = registry if registry is not None else "docker.io"
+    expected_registry = registry.lower() if registry is not None else "docker.io"
     expected_repository = path if registry is not None or "/" in path else f"library/{path}"
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
         expected_registry,
