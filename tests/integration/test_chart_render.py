@@ -1,0 +1,870 @@
+"""The Helm chart as the real Helm renders it: objects, wiring, and values checking.
+
+The drift test (`test_webhook_paths_are_exactly_the_handler_ids`) ties the webhook
+configurations to `webhook.names`: every handler id is a path, with the one rule that
+routes its resources, and nothing else is.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import controlplane
+from webhook import certificates, cli, durations, errors, names, policies, selectors, serving
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "digestguard"
+CRD_FILE = CHART / "crds" / "digestpolicies.digestguard.io.yaml"
+VALUES_DIR = Path(__file__).resolve().parent / "chart-values"
+VALUES_FILES = sorted(path.name for path in VALUES_DIR.glob("*.yaml"))
+RELEASE = "dg"
+NAMESPACE = "guard-system"
+FULLNAME = "dg-digestguard"
+
+HELM_MISSING = (
+    "CHART TESTS SKIPPED: helm not found (hack/envtest-assets.sh builds it; or put helm on PATH)"
+)
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    found = controlplane.find_helm(controlplane.find_assets())
+    if found is None:
+        if os.environ.get("DIGESTGUARD_REQUIRE_E2E") == "1":
+            pytest.fail(HELM_MISSING.replace("SKIPPED", "REQUIRED"), pytrace=False)
+        pytest.skip(HELM_MISSING)
+    return found
+
+
+# --------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------
+
+
+class Rendered:
+    """The documents of one `helm template`, hooks apart from release objects."""
+
+    def __init__(self, documents: list[dict[str, Any]]) -> None:
+        self.hooks = [doc for doc in documents if "helm.sh/hook" in _annotations(doc)]
+        self.objects = [doc for doc in documents if "helm.sh/hook" not in _annotations(doc)]
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [doc for doc in self.objects if doc["kind"] == kind]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = self.all(kind)
+        assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+        return found[0]
+
+    def kinds(self) -> set[str]:
+        return {doc["kind"] for doc in self.objects}
+
+    @property
+    def container(self) -> dict[str, Any]:
+        containers = self.one("Deployment")["spec"]["template"]["spec"]["containers"]
+        assert len(containers) == 1
+        container: dict[str, Any] = containers[0]
+        return container
+
+    @property
+    def pod_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
+        return spec
+
+    @property
+    def flags(self) -> dict[str, str]:
+        """`--name=value` arguments of `digestguard serve`, by name."""
+        parsed = {}
+        for arg in self.container["args"]:
+            assert arg.startswith("--"), f"{arg!r} is not --flag=value"
+            assert "=" in arg, f"{arg!r} is not --flag=value"
+            name, _, value = arg[2:].partition("=")
+            parsed[name] = value
+        return parsed
+
+    def webhooks(self, kind: str) -> list[dict[str, Any]]:
+        hooks: list[dict[str, Any]] = self.one(kind)["webhooks"]
+        return hooks
+
+
+def _annotations(doc: dict[str, Any]) -> dict[str, str]:
+    return dict((doc.get("metadata") or {}).get("annotations") or {})
+
+
+def _helm_template(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@functools.cache
+def _render_cached(helm: Path, args: tuple[str, ...]) -> Rendered:
+    result = _helm_template(helm, *args)
+    assert result.returncode == 0, f"helm template {' '.join(args)} failed:\n{result.stderr}"
+    return Rendered([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+
+
+def render(helm: Path, values_file: str | None = None, *sets: str) -> Rendered:
+    args: list[str] = []
+    if values_file:
+        args += ["--values", str(VALUES_DIR / values_file)]
+    for assignment in sets:
+        args += ["--set", assignment]
+    return _render_cached(helm, tuple(args))
+
+
+def refusal(helm: Path, *args: str) -> str:
+    """What Helm says when it refuses to render with `args`."""
+    result = _helm_template(helm, *args)
+    assert result.returncode != 0, f"helm template {' '.join(args)} was accepted"
+    return result.stderr
+
+
+@pytest.fixture(scope="module")
+def defaults(helm: Path) -> Rendered:
+    return render(helm, "defaults.yaml")
+
+
+# --------------------------------------------------------------------------
+# Every values file
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_chart_lints_cleanly(helm: Path, values_file: str) -> None:
+    result = subprocess.run(
+        [str(helm), "lint", "--strict", str(CHART), "--values", str(VALUES_DIR / values_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_every_object_has_the_release_labels(helm: Path, values_file: str) -> None:
+    rendered = render(helm, values_file)
+    for doc in rendered.objects + rendered.hooks:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE, doc["kind"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", doc["kind"]
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_the_apiserver_never_gives_up_before_the_webhook_answers(
+    helm: Path, values_file: str
+) -> None:
+    rendered = render(helm, values_file)
+    deadline = durations.parse_seconds(rendered.flags["resolve-deadline"])
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        for webhook in rendered.webhooks(kind):
+            # The server answers within the deadline plus 1s (cli: answer_within).
+            assert webhook["timeoutSeconds"] > deadline + 1
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_args_are_flags_digestguard_serve_accepts(helm: Path, values_file: str) -> None:
+    rendered = render(helm, values_file)
+    known = {flag.name for flag in cli.SERVE_FLAGS}
+    assert rendered.container["command"] == ["digestguard", "serve"]
+    assert set(rendered.flags) <= known, set(rendered.flags) - known
+    for flag in ("resolve-deadline", "cache-ttl", "negative-cache-ttl", "mutability-cache-ttl"):
+        durations.parse_seconds(rendered.flags[flag])
+    for flag in ("port", "health-port", "cache-max-entries", "registry-workers"):
+        assert int(rendered.flags[flag]) > 0
+
+
+# --------------------------------------------------------------------------
+# The webhook configurations
+# --------------------------------------------------------------------------
+
+
+def _expected_rule(handler: str) -> dict[str, Any]:
+    """The one rule that routes a handler's resources to it, from webhook.names."""
+    ((group, plural, subresource),) = names.ROUTES[handler]
+    versions = {w_handler: version for w_handler, _, version, _ in names.WORKLOADS}
+    return {
+        "apiGroups": [group],
+        "apiVersions": [versions.get(handler, "v1")],
+        "resources": [f"{plural}/{subresource}" if subresource else plural],
+        # kubectl debug adds ephemeral containers by UPDATE of the subresource only.
+        "operations": ["UPDATE"] if subresource else ["CREATE", "UPDATE"],
+        "scope": "Namespaced",
+    }
+
+
+def test_webhook_paths_are_exactly_the_handler_ids(defaults: Rendered) -> None:
+    service = defaults.one("Service")
+    https_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "https")
+    for kind, handlers in (
+        ("MutatingWebhookConfiguration", names.MUTATING_HANDLERS),
+        ("ValidatingWebhookConfiguration", names.VALIDATING_HANDLERS),
+    ):
+        webhooks = defaults.webhooks(kind)
+        paths = [webhook["clientConfig"]["service"]["path"] for webhook in webhooks]
+        assert sorted(paths) == sorted(f"/{handler}" for handler in handlers), kind
+        for webhook in webhooks:
+            handler = webhook["clientConfig"]["service"]["path"].removeprefix("/")
+            assert webhook["name"] == f"{handler}.{names.GROUP}"
+            assert webhook["rules"] == [_expected_rule(handler)], handler
+            assert set(webhook["rules"][0]["operations"]) <= serving.HANDLED_OPERATIONS
+            assert webhook["clientConfig"]["service"] == {
+                "name": service["metadata"]["name"],
+                "namespace": NAMESPACE,
+                "path": f"/{handler}",
+                "port": https_port,
+            }
+
+
+def test_workload_webhooks_can_be_left_out_and_only_they_go(helm: Path) -> None:
+    rendered = render(helm, None, "webhook.validateWorkloads=false")
+    paths = {
+        webhook["clientConfig"]["service"]["path"]
+        for webhook in rendered.webhooks("ValidatingWebhookConfiguration")
+    }
+    assert paths == {f"/{names.VALIDATE_PODS}", f"/{names.VALIDATE_EPHEMERAL}"}
+    assert len(rendered.webhooks("MutatingWebhookConfiguration")) == len(names.MUTATING_HANDLERS)
+
+
+def test_webhooks_fail_closed_within_ten_seconds_by_default(defaults: Rendered) -> None:
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        for webhook in defaults.webhooks(kind):
+            assert webhook["failurePolicy"] == "Fail"
+            assert webhook["timeoutSeconds"] == 10
+            assert webhook["sideEffects"] == "None"
+            assert webhook["admissionReviewVersions"] == ["v1"]
+            assert webhook["matchPolicy"] == "Equivalent"
+
+
+def test_only_mutators_are_reinvoked(defaults: Rendered) -> None:
+    for webhook in defaults.webhooks("MutatingWebhookConfiguration"):
+        assert webhook["reinvocationPolicy"] == "IfNeeded"
+    for webhook in defaults.webhooks("ValidatingWebhookConfiguration"):
+        assert "reinvocationPolicy" not in webhook
+
+
+def test_audit_only_install_fails_open(helm: Path) -> None:
+    rendered = render(helm, "audit-only.yaml")
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert {webhook["failurePolicy"] for webhook in rendered.webhooks(kind)} == {"Ignore"}
+    policy = rendered.one("DigestPolicy")
+    assert policy["spec"]["action"] == "Audit"
+
+
+def _namespace_selectors(rendered: Rendered) -> Iterator[selectors.LabelSelector]:
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        for webhook in rendered.webhooks(kind):
+            yield selectors.parse(webhook["namespaceSelector"], "namespaceSelector")
+
+
+def _namespace(name: str, **labels: str) -> dict[str, str]:
+    return {"kubernetes.io/metadata.name": name, **labels}
+
+
+def test_kube_system_the_release_namespace_and_labelled_namespaces_are_never_sent(
+    defaults: Rendered,
+) -> None:
+    for selector in _namespace_selectors(defaults):
+        assert not selector.matches(_namespace("kube-system"))
+        assert not selector.matches(_namespace(NAMESPACE))
+        assert not selector.matches(_namespace("team-a", **{names.LABEL_EXCLUDE_NAMESPACE: "true"}))
+        assert selector.matches(_namespace("team-a"))
+        assert selector.matches(_namespace("team-a", **{names.LABEL_EXCLUDE_NAMESPACE: "false"}))
+
+
+def test_namespace_selector_from_values_narrows_the_exclusions(helm: Path) -> None:
+    rendered = render(helm, "everything.yaml")
+    for selector in _namespace_selectors(rendered):
+        assert selector.matches(_namespace("team-a", digestguard="on"))
+        assert not selector.matches(_namespace("team-a"))
+        assert not selector.matches(_namespace("monitoring", digestguard="on"))
+        assert not selector.matches(_namespace(NAMESPACE, digestguard="on"))
+
+
+def test_self_managed_configurations_leave_the_ca_bundle_to_the_webhook(
+    defaults: Rendered,
+) -> None:
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert "cert-manager.io/inject-ca-from" not in _annotations(defaults.one(kind))
+        for webhook in defaults.webhooks(kind):
+            assert "caBundle" not in webhook["clientConfig"]
+
+
+def test_webhook_configurations_are_removed_first_on_uninstall(defaults: Rendered) -> None:
+    hooks = [doc for doc in defaults.hooks if _annotations(doc)["helm.sh/hook"] == "pre-delete"]
+    assert sorted(doc["kind"] for doc in hooks) == [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ]
+    for hook in hooks:
+        # Same kind and name as the live one, so before-hook-creation deletes it.
+        assert hook["metadata"]["name"] == defaults.one(hook["kind"])["metadata"]["name"]
+        assert hook["webhooks"] == []
+        policy = _annotations(hook)["helm.sh/hook-delete-policy"].split(",")
+        assert set(policy) == {"before-hook-creation", "hook-succeeded"}
+
+
+def test_removing_first_can_be_turned_off_for_offline_renderers(helm: Path) -> None:
+    rendered = render(helm, None, "webhook.removeFirstOnUninstall=false")
+    assert all(_annotations(doc)["helm.sh/hook"] != "pre-delete" for doc in rendered.hooks)
+
+
+# --------------------------------------------------------------------------
+# The Deployment
+# --------------------------------------------------------------------------
+
+
+def test_container_runs_locked_down(defaults: Rendered) -> None:
+    pod = defaults.pod_spec
+    container = defaults.container["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["runAsNonRoot"] is True
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["privileged"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert container["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostNetwork" not in pod
+    assert all("hostPath" not in volume for volume in pod["volumes"])
+
+
+def test_self_managed_tls_is_written_to_an_in_memory_tmp(defaults: Rendered) -> None:
+    tmp = next(m for m in defaults.container["volumeMounts"] if m["mountPath"] == "/tmp")
+    volume = next(v for v in defaults.pod_spec["volumes"] if v["name"] == tmp["name"])
+    assert volume["emptyDir"]["medium"] == "Memory"
+    assert defaults.flags["tls-dir"].startswith("/tmp/")
+
+
+def test_self_managed_args_name_the_chart_objects(defaults: Rendered) -> None:
+    flags = defaults.flags
+    secret = defaults.one("Secret")
+    assert flags["tls-mode"] == "self-managed"
+    assert flags["tls-secret-name"] == secret["metadata"]["name"]
+    assert flags["service-name"] == defaults.one("Service")["metadata"]["name"]
+    assert (
+        flags["mutating-webhook-configuration"]
+        == defaults.one("MutatingWebhookConfiguration")["metadata"]["name"]
+    )
+    assert (
+        flags["validating-webhook-configuration"]
+        == defaults.one("ValidatingWebhookConfiguration")["metadata"]["name"]
+    )
+    # Created empty for the webhook to fill; the chart never sets data Helm could reset.
+    assert secret["type"] == "Opaque"
+    assert "data" not in secret
+    assert "stringData" not in secret
+
+
+def test_default_args_match_the_serve_contract(defaults: Rendered) -> None:
+    assert defaults.flags == {
+        "port": "8443",
+        "health-port": "8080",
+        "tls-mode": "self-managed",
+        "tls-secret-name": f"{FULLNAME}-tls",
+        "service-name": FULLNAME,
+        "mutating-webhook-configuration": FULLNAME,
+        "validating-webhook-configuration": FULLNAME,
+        "tls-dir": "/tmp/tls",
+        "resolve-deadline": "5s",
+        "cache-ttl": "60s",
+        "negative-cache-ttl": "5s",
+        "mutability-cache-ttl": "10m",
+        "cache-max-entries": "100000",
+        "registry-workers": "16",
+        "log-level": "info",
+    }
+
+
+def test_the_namespace_comes_from_the_downward_api(defaults: Rendered) -> None:
+    env = {item["name"]: item for item in defaults.container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert "AWS_REGION" not in env
+
+
+def test_probes_and_ports_match_the_flags(defaults: Rendered) -> None:
+    container = defaults.container
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {
+        "https": int(defaults.flags["port"]),
+        "health": int(defaults.flags["health-port"]),
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    service_ports = {p["name"]: p for p in defaults.one("Service")["spec"]["ports"]}
+    assert service_ports["https"]["port"] == 443
+    assert service_ports["https"]["targetPort"] == "https"
+    assert service_ports["http-metrics"]["targetPort"] == "health"
+
+
+def test_rollouts_never_take_a_replica_away_first(defaults: Rendered) -> None:
+    strategy = defaults.one("Deployment")["spec"]["strategy"]
+    assert strategy["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_two_replicas_are_spread_and_protected_by_default(defaults: Rendered) -> None:
+    deployment = defaults.one("Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["replicas"] == 2
+    pdb = defaults.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+    anti = defaults.pod_spec["affinity"]["podAntiAffinity"]
+    (preferred,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert preferred["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    (spread,) = defaults.pod_spec["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert spread["labelSelector"]["matchLabels"] == selector
+    assert defaults.container["resources"]["requests"]
+    assert defaults.container["resources"]["limits"]["memory"]
+    assert "priorityClassName" not in defaults.pod_spec
+
+
+def test_ha_off_renders_one_replica_and_no_disruption_budget(helm: Path) -> None:
+    rendered = render(helm, "ha-off.yaml")
+    assert rendered.one("Deployment")["spec"]["replicas"] == 1
+    assert "PodDisruptionBudget" not in rendered.kinds()
+    assert "affinity" not in rendered.pod_spec
+    assert "topologySpreadConstraints" not in rendered.pod_spec
+
+
+def test_a_single_replica_gets_no_budget_that_would_block_drains(helm: Path) -> None:
+    rendered = render(helm, None, "replicaCount=1")
+    assert "PodDisruptionBudget" not in rendered.kinds()
+
+
+def test_every_option_reaches_the_pod(helm: Path) -> None:
+    rendered = render(helm, "everything.yaml")
+    pod, container = rendered.pod_spec, rendered.container
+    assert container["image"].endswith("/digestguard@sha256:" + "0123456789abcdef" * 4)
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["AWS_REGION"] == "eu-west-1"
+    assert env["EXTRA"] == "1"
+    assert container["args"][-1] == "--shutdown-delay=5s"
+    assert rendered.flags["resolve-deadline"] == "2500ms"
+    assert rendered.flags["tls-secret-name"] == "guard-certificates"
+    account = rendered.one("ServiceAccount")
+    assert account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/digestguard"
+    }
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+# --------------------------------------------------------------------------
+# RBAC
+# --------------------------------------------------------------------------
+
+
+def _rules(role: dict[str, Any]) -> set[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    return {
+        (group, resource, tuple(rule.get("resourceNames", ())), tuple(sorted(rule["verbs"])))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+
+
+def test_cluster_role_reads_policies_and_namespaces_and_patches_only_its_own_webhooks(
+    defaults: Rendered,
+) -> None:
+    admission = "admissionregistration.k8s.io"
+    assert _rules(defaults.one("ClusterRole")) == {
+        (names.GROUP, names.PLURAL, (), ("get", "list", "watch")),
+        (names.GROUP, f"{names.PLURAL}/status", (), ("patch",)),
+        ("", "namespaces", (), ("get", "list", "watch")),
+        (admission, "mutatingwebhookconfigurations", (FULLNAME,), ("get", "patch")),
+        (admission, "validatingwebhookconfigurations", (FULLNAME,), ("get", "patch")),
+    }
+
+
+def test_role_reads_only_its_own_secret_in_its_own_namespace(defaults: Rendered) -> None:
+    role = defaults.one("Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert _rules(role) == {
+        ("", "secrets", (f"{FULLNAME}-tls",), ("get", "patch")),
+        # create cannot be limited by name; it does not allow reading.
+        ("", "secrets", (), ("create",)),
+    }
+
+
+def test_no_rule_uses_wildcards(helm: Path) -> None:
+    for values_file in VALUES_FILES:
+        rendered = render(helm, values_file)
+        for kind in ("ClusterRole", "Role"):
+            for role in rendered.all(kind):
+                for rule in role["rules"]:
+                    for field in ("apiGroups", "resources", "verbs"):
+                        assert "*" not in rule[field], (values_file, kind, rule)
+
+
+def test_bindings_grant_the_roles_to_the_webhook_service_account(defaults: Rendered) -> None:
+    account = defaults.one("ServiceAccount")["metadata"]["name"]
+    assert defaults.pod_spec["serviceAccountName"] == account
+    for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = defaults.one(kind)
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role_kind,
+            "name": defaults.one(role_kind)["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+        ]
+
+
+@pytest.mark.parametrize("values_file", ["cert-manager.yaml", "existing-secret.yaml"])
+def test_mounted_certificates_need_no_secret_or_webhook_rights(
+    helm: Path, values_file: str
+) -> None:
+    rendered = render(helm, values_file)
+    assert "Role" not in rendered.kinds()
+    assert "RoleBinding" not in rendered.kinds()
+    resources = {rule[1] for rule in _rules(rendered.one("ClusterRole"))}
+    assert resources == {names.PLURAL, f"{names.PLURAL}/status", "namespaces"}
+
+
+# --------------------------------------------------------------------------
+# TLS modes
+# --------------------------------------------------------------------------
+
+
+def _mounted_secret(rendered: Rendered) -> str:
+    mount = next(m for m in rendered.container["volumeMounts"] if m["mountPath"] != "/tmp")
+    volume = next(v for v in rendered.pod_spec["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"] is True
+    assert rendered.flags["tls-cert-file"] == f"{mount['mountPath']}/tls.crt"
+    assert rendered.flags["tls-key-file"] == f"{mount['mountPath']}/tls.key"
+    assert rendered.flags["tls-mode"] == "files"
+    secret_name: str = volume["secret"]["secretName"]
+    return secret_name
+
+
+def test_cert_manager_issues_for_the_service_names_and_injects_the_ca(helm: Path) -> None:
+    rendered = render(helm, "cert-manager.yaml")
+    (serving,) = [c for c in rendered.all("Certificate") if not c["spec"].get("isCA")]
+    assert serving["spec"]["dnsNames"] == list(certificates.service_dns_names(FULLNAME, NAMESPACE))
+    assert "server auth" in serving["spec"]["usages"]
+    assert _mounted_secret(rendered) == serving["spec"]["secretName"]
+    ca_issuer = serving["spec"]["issuerRef"]["name"]
+    assert ca_issuer in {issuer["metadata"]["name"] for issuer in rendered.all("Issuer")}
+    injected = f"{NAMESPACE}/{serving['metadata']['name']}"
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert _annotations(rendered.one(kind))["cert-manager.io/inject-ca-from"] == injected
+    assert "Secret" not in rendered.kinds()
+
+
+def test_cert_manager_can_use_an_issuer_the_cluster_has(helm: Path) -> None:
+    rendered = render(helm, "cert-manager-own-issuer.yaml")
+    assert "Issuer" not in rendered.kinds()
+    assert rendered.one("Certificate")["spec"]["issuerRef"] == {
+        "name": "platform-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+
+
+def test_existing_secret_is_mounted_and_its_ca_bundle_set(helm: Path) -> None:
+    rendered = render(helm, "existing-secret.yaml")
+    values = yaml.safe_load((VALUES_DIR / "existing-secret.yaml").read_text())
+    bundle = values["tls"]["existingSecret"]["caBundle"]
+    assert _mounted_secret(rendered) == "digestguard-serving"
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        for webhook in rendered.webhooks(kind):
+            assert base64.b64decode(webhook["clientConfig"]["caBundle"]).decode() == bundle
+    assert "Secret" not in rendered.kinds()
+    assert "Certificate" not in rendered.kinds()
+
+
+# --------------------------------------------------------------------------
+# Policies and the CRD
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())
+    return loaded
+
+
+def test_crd_names_the_policy_resource(crd: dict[str, Any]) -> None:
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == names.POLICY_RESOURCE
+    assert spec["group"] == names.GROUP
+    assert spec["scope"] == "Cluster"
+    assert spec["names"]["kind"] == names.KIND
+    assert spec["names"]["plural"] == names.PLURAL
+    assert spec["names"]["shortNames"] == [names.SHORT_NAME]
+    (version,) = spec["versions"]
+    assert version["name"] == names.VERSION
+    assert version["served"]
+    assert version["storage"]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Action", "Ready", "Age"]
+
+
+def _policy_schema(crd: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
+    spec = _policy_schema(crd)["properties"]["spec"]
+    fields = spec["properties"]
+    assert set(fields) == {
+        "namespaceSelector",
+        "podSelector",
+        "images",
+        "excludeImages",
+        "action",
+        "keepTag",
+        "allowImmutableTags",
+        "onResolveError",
+        "maxStale",
+    }
+    assert spec["required"] == ["images"]
+    assert fields["images"]["minItems"] == 1
+    assert fields["excludeImages"]["items"]["type"] == "string"
+    assert fields["action"]["enum"] == [action.value for action in policies.Action]
+    assert fields["action"]["default"] == "Mutate"
+    assert fields["keepTag"]["default"] is True
+    assert fields["allowImmutableTags"]["default"] is False
+    assert fields["onResolveError"]["enum"] == [value.value for value in policies.OnResolveError]
+    assert fields["onResolveError"]["default"] == "Deny"
+    assert fields["maxStale"]["default"] == policies.DEFAULT_MAX_STALE
+    assert fields["maxStale"]["pattern"] == r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$|^0$"
+    for selector in ("namespaceSelector", "podSelector"):
+        operators = fields[selector]["properties"]["matchExpressions"]["items"]["properties"]
+        assert set(operators["operator"]["enum"]) == selectors.OPERATORS
+    status = _policy_schema(crd)["properties"]["status"]["properties"]
+    assert set(status) == {"observedGeneration", "conditions"}
+
+
+@pytest.mark.parametrize(
+    "text", ["0", "0s", "10m", "1h30m", "250ms", "1.5h", "30s1m", "", "10", "-5m", "10d", "5us"]
+)
+def test_crd_accepts_exactly_the_durations_the_webhook_parses(
+    crd: dict[str, Any], text: str
+) -> None:
+    pattern = _policy_schema(crd)["properties"]["spec"]["properties"]["maxStale"]["pattern"]
+    try:
+        durations.parse_seconds(text)
+        parses = True
+    except errors.InvalidDuration:
+        parses = False
+    # JSON Schema patterns are unanchored searches (the pattern anchors itself).
+    assert (re.search(pattern, text) is not None) is parses
+
+
+def test_default_policy_is_one_the_webhook_accepts(defaults: Rendered, crd: dict[str, Any]) -> None:
+    policy = defaults.one("DigestPolicy")
+    assert policy["apiVersion"] == f"{names.GROUP}/{names.VERSION}"
+    assert "namespace" not in policy["metadata"]
+    parsed = policies.parse(policy["metadata"]["name"], 1, policy["spec"])
+    assert parsed.action is policies.Action.MUTATE
+    assert set(policy["spec"]) <= set(_policy_schema(crd)["properties"]["spec"]["properties"])
+    for image in (
+        "111122223333.dkr.ecr.eu-west-1.amazonaws.com/shop/api",
+        "111122223333.dkr.ecr-fips.us-east-1.amazonaws.com/shop/api",
+        "111122223333.dkr-ecr.eu-west-1.on.aws/shop/api",
+        "111122223333.dkr.ecr.cn-north-1.amazonaws.com.cn/shop/api",
+    ):
+        assert parsed.covers(image), image
+    assert not parsed.covers("docker.io/library/nginx")
+
+
+def test_default_policy_can_be_left_out(helm: Path) -> None:
+    assert "DigestPolicy" not in render(helm, None, "defaultPolicy.enabled=false").kinds()
+
+
+# --------------------------------------------------------------------------
+# Optional objects
+# --------------------------------------------------------------------------
+
+
+def test_optional_objects_are_off_by_default(defaults: Rendered) -> None:
+    assert {"NetworkPolicy", "ServiceMonitor", "Certificate", "Issuer"} & defaults.kinds() == set()
+
+
+def test_network_policy_keeps_the_webhook_port_open_and_limits_metrics(helm: Path) -> None:
+    rendered = render(helm, "everything.yaml")
+    policy = rendered.one("NetworkPolicy")["spec"]
+    assert (
+        policy["podSelector"]["matchLabels"]
+        == (rendered.one("Deployment")["spec"]["selector"]["matchLabels"])
+    )
+    by_port = {rule["ports"][0]["port"]: rule for rule in policy["ingress"]}
+    assert "from" not in by_port["https"]
+    assert by_port["health"]["from"]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_service_monitor_scrapes_the_metrics_port(helm: Path) -> None:
+    rendered = render(helm, "everything.yaml")
+    monitor = rendered.one("ServiceMonitor")
+    service = rendered.one("Service")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        service["metadata"]["labels"].items()
+    )
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_helm_test_pod_checks_readiness_through_the_service(defaults: Rendered) -> None:
+    (pod,) = [doc for doc in defaults.hooks if _annotations(doc)["helm.sh/hook"] == "test"]
+    (container,) = pod["spec"]["containers"]
+    script = container["command"][-1]
+    assert container["command"][0] == "python3"
+    assert f"{FULLNAME}.{NAMESPACE}.svc" in script
+    assert "/readyz" in script
+    assert container["image"] == defaults.container["image"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+# --------------------------------------------------------------------------
+# Values checking
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("foo=bar", "additional properties 'foo' not allowed"),
+        ("webhook.failurePolicy=Maybe", "value must be one of 'Fail', 'Ignore'"),
+        ("webhook.timeout=5", "additional properties 'timeout' not allowed"),
+        ("webhook.timeoutSeconds=31", "timeoutSeconds"),
+        ("tls.mode=selfSigned", "tls/mode"),
+        ("defaultPolicy.spec.action=Block", "defaultPolicy/spec/action"),
+        ("defaultPolicy.spec.maxStale=10d", "maxStale"),
+        ("replicaCount=0", "replicaCount"),
+        ("image.digest=latest", "image/digest"),
+    ],
+)
+def test_schema_rejects_bad_values_with_a_clear_message(
+    helm: Path, assignment: str, message: str
+) -> None:
+    assert message in refusal(helm, "--set", assignment)
+
+
+@pytest.mark.parametrize(
+    ("assignments", "message"),
+    [
+        (
+            ["tls.mode=certManager", "tls.certManager.createIssuer=false"],
+            "tls.mode=certManager needs an issuer",
+        ),
+        (["tls.mode=existingSecret"], "needs tls.existingSecret.name"),
+        (
+            [
+                "tls.mode=existingSecret",
+                "tls.existingSecret.name=s",
+                "tls.existingSecret.caBundle=TFM=",
+            ],
+            "the PEM (not base64)",
+        ),
+        (["webhook.timeoutSeconds=6"], "must exceed resolver.deadline (5s) plus 1s"),
+        (["resolver.deadline=9500ms"], "must exceed resolver.deadline (9500ms) plus 1s"),
+        (["containerPorts.health=8443"], "containerPorts.webhook and containerPorts.health"),
+        (["serviceAccount.create=false"], "serviceAccount.name is required"),
+    ],
+)  # fmt: skip
+def test_combinations_that_cannot_work_fail_at_render_time(
+    helm: Path, assignments: list[str], message: str
+) -> None:
+    args = [arg for assignment in assignments for arg in ("--set", assignment)]
+    assert message in refusal(helm, *args)
+
+
+def test_every_value_is_documented_where_it_is_declared() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    # (indent, documented) of the keys enclosing the current line.
+    enclosing: list[tuple[int, bool]] = []
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):(.*)$", line)
+        if not match:
+            continue
+        indent = len(match[1])
+        while enclosing and enclosing[-1][0] >= indent:
+            enclosing.pop()
+        documented = number > 0 and lines[number - 1].strip().startswith("#")
+        # A leaf needs its own comment, unless it is inside a value documented whole
+        # (e.g. the fields of `resources`); a parent mapping's children carry theirs.
+        inside_documented = any(is_documented for _, is_documented in enclosing)
+        if match[3].strip() and not documented and not inside_documented:
+            undocumented.append(f"values.yaml:{number + 1}: {line.strip()}")
+        enclosing.append((indent, documented))
+    assert not undocumented, "\n".join(undocumented)
+
+
+def _schema_paths(
+    schema: dict[str, Any], values: Any, path: str = ""
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """(path, schema) for every value in `values`; schema None where none declares it."""
+    yield path, schema
+    if isinstance(values, dict) and schema.get("additionalProperties") is False:
+        for key, value in values.items():
+            child = schema.get("properties", {}).get(key)
+            if child is None:
+                yield f"{path}.{key}", None
+            else:
+                yield from _schema_paths(child, value, f"{path}.{key}")
+
+
+def test_schema_declares_every_value_and_closes_every_chart_object() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    # Kubernetes types passed through as they are; the apiserver validates them.
+    passthrough = {
+        ".podSecurityContext",
+        ".securityContext",
+        ".affinity",
+        ".tolerations",
+        ".networkPolicy.metricsFrom",
+    }
+    for path, declared in _schema_paths(schema, values):
+        assert declared is not None, f"{path} is not in values.schema.json"
+        is_map = isinstance(declared.get("additionalProperties"), dict)
+        if declared.get("type") == "object" and path not in passthrough and not is_map:
+            assert declared.get("additionalProperties") is False, f"{path} is not closed"
+
+
+def _leaf_paths(values: Any, path: str = "") -> Iterator[str]:
+    # Whole Kubernetes objects are one value each, however many fields they have.
+    whole = {"resources", "podSecurityContext", "securityContext"}
+    if isinstance(values, dict) and values and path not in whole:
+        for key, value in values.items():
+            yield from _leaf_paths(value, f"{path}.{key}" if path else key)
+    else:
+        yield path
+
+
+def test_readme_lists_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([\w.]+)` \|", readme, re.MULTILINE))
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(_leaf_paths(values)) == listed
