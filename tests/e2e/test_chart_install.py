@@ -1,0 +1,647 @@
+"""The chart in a real apiserver, and the self-managed TLS lifecycle against it.
+
+Helm installs, upgrades and uninstalls the chart; the webhook's TLS bootstrap
+(`webhook.tlssecret`) runs with the arguments of the installed Deployment and the
+token of its ServiceAccount, so the chart's RBAC is exactly what is exercised.
+Every install scopes its webhooks and default policy to namespaces carrying a label
+of its own, so other tests sharing the control plane are not affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client, config, watch
+
+from tests.support.controlplane import ControlPlane
+from webhook import certificates, names, tlssecret
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "digestguard"
+CRD_FILE = CHART / "crds" / "digestpolicies.digestguard.io.yaml"
+DAY = datetime.timedelta(days=1)
+SHORT = certificates.Validity(ca=10 * DAY, serving=4 * DAY, renew_before=DAY, retired_ca_grace=DAY)
+
+T = TypeVar("T")
+
+
+def eventually(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Call a client method and return the JSON the apiserver sent."""
+    decoded: dict[str, Any] = json.loads(call(*args, _preload_content=False, **kwargs).data)
+    return decoded
+
+
+def status_of(call: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """The HTTP status of a call that is expected to be refused."""
+    with pytest.raises(client.ApiException) as refused:
+        call(*args, _preload_content=False, **kwargs)
+    status: int = refused.value.status
+    return status
+
+
+@pytest.fixture
+def api(control_plane: ControlPlane) -> Iterator[Any]:
+    with control_plane.new_api_client() as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, api: Any) -> Iterator[str]:
+    name = unique("tls")
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
+# --------------------------------------------------------------------------
+# Webhook configurations that intercept nothing (for TLS tests without the chart)
+# --------------------------------------------------------------------------
+
+
+def _inert_webhook(name: str, selector_label: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "clientConfig": {"url": "https://127.0.0.1:1/unused"},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE"],
+                "resources": ["configmaps"],
+            }
+        ],
+        # No namespace carries this label: the webhook is never called.
+        "namespaceSelector": {"matchLabels": {selector_label: "never"}},
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "failurePolicy": "Ignore",
+    }
+
+
+@pytest.fixture
+def configurations(api: Any) -> Iterator[tlssecret.WebhookConfigurations]:
+    name = unique("tls-e2e")
+    admission = client.AdmissionregistrationV1Api(api)
+    webhooks = [_inert_webhook(f"{hook}.{name}.test", name) for hook in ("one", "two", "three")]
+    body = {"metadata": {"name": name}, "webhooks": webhooks}
+    admission.create_mutating_webhook_configuration(body)
+    admission.create_validating_webhook_configuration(body)
+    yield tlssecret.WebhookConfigurations(mutating=name, validating=name)
+    admission.delete_mutating_webhook_configuration(name)
+    admission.delete_validating_webhook_configuration(name)
+
+
+def published_bundles(api: Any, configurations: tlssecret.WebhookConfigurations) -> list[bytes]:
+    admission = client.AdmissionregistrationV1Api(api)
+    found = []
+    for read, name in (
+        (admission.read_mutating_webhook_configuration, configurations.mutating),
+        (admission.read_validating_webhook_configuration, configurations.validating),
+    ):
+        for webhook in raw(read, name)["webhooks"]:
+            found.append(base64.b64decode(webhook["clientConfig"].get("caBundle", "")))
+    return found
+
+
+def resource_versions(api: Any, configurations: tlssecret.WebhookConfigurations) -> list[str]:
+    admission = client.AdmissionregistrationV1Api(api)
+    return [
+        raw(admission.read_mutating_webhook_configuration, configurations.mutating)["metadata"][
+            "resourceVersion"
+        ],
+        raw(admission.read_validating_webhook_configuration, configurations.validating)["metadata"][
+            "resourceVersion"
+        ],
+    ]
+
+
+def stored(api: Any, namespace: str, secret: str) -> certificates.Material:
+    data = raw(client.CoreV1Api(api).read_namespaced_secret, secret, namespace)["data"]
+
+    def entry(key: str) -> bytes:
+        return base64.b64decode(data[key])
+
+    return certificates.Material(
+        ca=certificates.KeyPair(entry(tlssecret.SECRET_CA_CERT), entry(tlssecret.SECRET_CA_KEY)),
+        serving=certificates.KeyPair(entry(tlssecret.SECRET_CERT), entry(tlssecret.SECRET_KEY)),
+        bundle_pem=entry(tlssecret.SECRET_BUNDLE),
+    )
+
+
+class Clock:
+    """A settable clock, so that renewal is tested without waiting for expiry."""
+
+    def __init__(self) -> None:
+        self.now = datetime.datetime.now(datetime.UTC)
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+
+def replica(
+    api: Any,
+    namespace: str,
+    configurations: tlssecret.WebhookConfigurations,
+    tls_dir: Path,
+    **options: Any,
+) -> tlssecret.SelfManagedTLS:
+    return tlssecret.SelfManagedTLS(
+        namespace=namespace,
+        secret_name="webhook-tls",
+        service_name="webhook",
+        webhook_configurations=configurations,
+        tls_dir=tls_dir,
+        settle=0,
+        api_client=api,
+        **options,
+    )
+
+
+def race(replicas: list[tlssecret.SelfManagedTLS]) -> list[bool]:
+    """Reconcile every replica at once, each in its own thread."""
+    barrier = threading.Barrier(len(replicas))
+    results: dict[int, bool | BaseException] = {}
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = replicas[index].reconcile()
+        except BaseException as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(replicas))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    outcomes = [results[i] for i in range(len(replicas))]
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [bool(outcome) for outcome in outcomes]
+
+
+# --------------------------------------------------------------------------
+# The TLS lifecycle
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret_before", ["absent", "empty, as the chart creates it"])
+def test_replicas_starting_together_make_one_secret_and_agree_on_the_ca(
+    api: Any,
+    namespace: str,
+    configurations: tlssecret.WebhookConfigurations,
+    tmp_path: Path,
+    secret_before: str,
+) -> None:
+    core = client.CoreV1Api(api)
+    if secret_before != "absent":
+        core.create_namespaced_secret(namespace, {"metadata": {"name": "webhook-tls"}})
+    replicas = [
+        replica(api, namespace, configurations, tmp_path / f"replica-{i}") for i in range(3)
+    ]
+    assert race(replicas) == [True, True, True]
+    secrets = raw(core.list_namespaced_secret, namespace)["items"]
+    assert [secret["metadata"]["name"] for secret in secrets] == ["webhook-tls"]
+    material = stored(api, namespace, "webhook-tls")
+    for each in replicas:
+        assert each.ready
+        assert each.cert_file.read_bytes() == material.serving.cert_pem
+        assert each.key_file.read_bytes() == material.serving.key_pem
+        assert each.key_file.stat().st_mode & 0o077 == 0
+    assert certificates.is_issued_by(material.serving.cert_pem, material.ca.cert_pem)
+    assert certificates.describe(material.serving.cert_pem).dns_names == (
+        certificates.service_dns_names("webhook", namespace)
+    )
+    assert published_bundles(api, configurations) == [material.bundle_pem] * 6
+
+
+def test_ca_bundle_is_patched_only_when_it_differs(
+    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+) -> None:
+    first = replica(api, namespace, configurations, tmp_path)
+    assert first.reconcile() is True
+    versions = resource_versions(api, configurations)
+    assert first.reconcile() is False
+    assert resource_versions(api, configurations) == versions
+
+
+def test_a_ca_bundle_removed_by_a_reapply_is_restored(
+    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+) -> None:
+    tls = replica(api, namespace, configurations, tmp_path)
+    tls.reconcile()
+    admission = client.AdmissionregistrationV1Api(api)
+    strip = [{"op": "remove", "path": "/webhooks/1/clientConfig/caBundle"}]
+    admission.patch_validating_webhook_configuration(
+        configurations.validating, strip, _content_type="application/json-patch+json"
+    )
+    assert b"" in published_bundles(api, configurations)
+    assert tls.reconcile() is False  # the files were right all along
+    material = stored(api, namespace, "webhook-tls")
+    assert published_bundles(api, configurations) == [material.bundle_pem] * 6
+
+
+def test_serving_certificate_near_expiry_is_renewed_under_the_same_ca(
+    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+) -> None:
+    clock = Clock()
+    tls = replica(api, namespace, configurations, tmp_path, validity=SHORT, clock=clock)
+    tls.reconcile()
+    before = stored(api, namespace, "webhook-tls")
+    versions = resource_versions(api, configurations)
+
+    clock.now += 3 * DAY + datetime.timedelta(minutes=1)  # within a day of expiry
+    assert tls.reconcile() is True
+    after = stored(api, namespace, "webhook-tls")
+    assert after.ca == before.ca
+    assert after.bundle_pem == before.bundle_pem
+    assert after.serving != before.serving
+    assert tls.cert_file.read_bytes() == after.serving.cert_pem
+    # Same CA, same bundle: the webhook configurations are not touched.
+    assert resource_versions(api, configurations) == versions
+
+
+def test_ca_near_expiry_is_rotated_with_both_cas_in_the_bundle_until_the_grace_ends(
+    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+) -> None:
+    clock = Clock()
+    rotating = replica(api, namespace, configurations, tmp_path / "a", validity=SHORT, clock=clock)
+    other = replica(api, namespace, configurations, tmp_path / "b", validity=SHORT, clock=clock)
+    race([rotating, other])
+    old = stored(api, namespace, "webhook-tls")
+
+    # 5 days and a minute later the CA cannot outlive a new 4-day certificate plus margin.
+    clock.now += 5 * DAY + datetime.timedelta(minutes=1)
+    assert rotating.reconcile() is True
+    new = stored(api, namespace, "webhook-tls")
+    assert new.ca != old.ca
+    assert certificates.split_bundle(new.bundle_pem) == (new.ca.cert_pem, old.ca.cert_pem)
+    assert published_bundles(api, configurations) == [new.bundle_pem] * 6
+    # Both certificates in use during the overlap are trusted by the published bundle.
+    assert certificates.is_issued_by(new.serving.cert_pem, new.ca.cert_pem)
+    assert certificates.is_issued_by(old.serving.cert_pem, old.ca.cert_pem)
+
+    # The other replica adopts the rotation rather than rotating again.
+    assert other.reconcile() is True
+    assert stored(api, namespace, "webhook-tls") == new
+    assert other.cert_file.read_bytes() == new.serving.cert_pem
+
+    # A day after the new CA was made, the old one leaves the bundle.
+    clock.now += DAY + datetime.timedelta(hours=1)
+    assert other.reconcile() is False
+    trimmed = stored(api, namespace, "webhook-tls")
+    assert certificates.split_bundle(trimmed.bundle_pem) == (new.ca.cert_pem,)
+    assert published_bundles(api, configurations) == [trimmed.bundle_pem] * 6
+
+
+async def test_run_keeps_reconciling_and_reports_file_changes(
+    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+) -> None:
+    changes: list[bytes] = []
+    changed = asyncio.Event()
+    tls = replica(api, namespace, configurations, tmp_path, interval=0.2)
+
+    def on_change() -> None:  # called on the event loop, as the HTTPS server needs
+        changes.append(tls.cert_file.read_bytes())
+        changed.set()
+
+    tls.on_change = on_change
+    stop = asyncio.Event()
+    task = asyncio.create_task(tls.run(stop))
+    try:
+        await asyncio.wait_for(changed.wait(), timeout=30)
+        changed.clear()
+        assert tls.ready
+        first = stored(api, namespace, "webhook-tls")
+        # Someone deletes the Secret: the loop makes a new CA and certificate.
+        await asyncio.to_thread(
+            client.CoreV1Api(api).delete_namespaced_secret, "webhook-tls", namespace
+        )
+        await asyncio.wait_for(changed.wait(), timeout=30)
+        second = stored(api, namespace, "webhook-tls")
+        assert second.ca != first.ca
+        assert changes == [first.serving.cert_pem, second.serving.cert_pem]
+        # The old CA stays trusted for the replicas that still serve its certificate.
+        assert certificates.split_bundle(second.bundle_pem) == (
+            second.ca.cert_pem,
+            first.ca.cert_pem,
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+# --------------------------------------------------------------------------
+# The chart
+# --------------------------------------------------------------------------
+
+
+class Release:
+    """One Helm release of the chart, scoped to namespaces labelled for it."""
+
+    def __init__(self, plane: ControlPlane, helm: Path) -> None:
+        self.plane = plane
+        self.helm_binary = helm
+        self.name = unique("dg")
+        self.namespace = self.name
+        self.fullname = f"{self.name}-digestguard"
+        self.scope = {"digestguard-e2e": self.name}
+
+    def helm(self, *args: str) -> str:
+        result = subprocess.run(
+            [
+                str(self.helm_binary),
+                "--kubeconfig",
+                str(self.plane.kubeconfig_path),
+                "--namespace",
+                self.namespace,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, f"helm {' '.join(args)} failed:\n{result.stderr}"
+        return result.stdout
+
+    def scoped_values(self) -> list[str]:
+        (key, value), = self.scope.items()  # fmt: skip
+        return [
+            "--set-string",
+            f"webhook.namespaceSelector.matchLabels.{key}={value}",
+            "--set-string",
+            f"defaultPolicy.spec.namespaceSelector.matchLabels.{key}={value}",
+        ]
+
+    def install(self, *args: str) -> str:
+        return self.helm(
+            "install", self.name, str(CHART), "--create-namespace", *self.scoped_values(), *args
+        )
+
+    def upgrade(self, *args: str) -> str:
+        return self.helm("upgrade", self.name, str(CHART), *self.scoped_values(), *args)
+
+    def uninstall(self) -> str:
+        return self.helm("uninstall", self.name, "--wait", "--timeout", "120s")
+
+
+@pytest.fixture
+def release(control_plane: ControlPlane, helm_binary: Path, api: Any) -> Iterator[Release]:
+    installed = Release(control_plane, helm_binary)
+    yield installed
+    subprocess.run(
+        [
+            str(helm_binary),
+            "--kubeconfig",
+            str(control_plane.kubeconfig_path),
+            "--namespace",
+            installed.namespace,
+            "uninstall",
+            installed.name,
+            "--ignore-not-found",
+        ],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    with contextlib.suppress(client.ApiException):
+        client.CoreV1Api(api).delete_namespace(installed.namespace)
+
+
+def service_account_client(
+    plane: ControlPlane, api: Any, namespace: str, account: str, tmp_path: Path
+) -> Any:
+    """An ApiClient that authenticates as the ServiceAccount, with a fresh token."""
+    token = raw(
+        client.CoreV1Api(api).create_namespaced_service_account_token,
+        account,
+        namespace,
+        {"spec": {"expirationSeconds": 3600}},
+    )["status"]["token"]
+    kubeconfig = json.loads(plane.kubeconfig_path.read_text())
+    kubeconfig["users"][0]["user"] = {"token": token}
+    path = tmp_path / f"{account}.kubeconfig"
+    path.write_text(json.dumps(kubeconfig))
+    return config.new_client_from_config(config_file=str(path))
+
+
+def deployed_replica(
+    plane: ControlPlane, api: Any, release: Release, tls_dir: Path, tmp_path: Path
+) -> tuple[tlssecret.SelfManagedTLS, Any]:
+    """The TLS bootstrap as the installed Deployment would run it, and its client."""
+    deployment = raw(
+        client.AppsV1Api(api).read_namespaced_deployment, release.fullname, release.namespace
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["digestguard", "serve"]
+    flags = dict(arg[2:].split("=", 1) for arg in container["args"])
+    env = {item["name"]: item for item in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert flags["tls-mode"] == "self-managed"
+    sa_client = service_account_client(
+        plane, api, release.namespace, pod["serviceAccountName"], tmp_path
+    )
+    tls = tlssecret.SelfManagedTLS(
+        namespace=deployment["metadata"]["namespace"],
+        secret_name=flags["tls-secret-name"],
+        service_name=flags["service-name"],
+        webhook_configurations=tlssecret.WebhookConfigurations(
+            mutating=flags["mutating-webhook-configuration"],
+            validating=flags["validating-webhook-configuration"],
+        ),
+        tls_dir=tls_dir,  # the container writes to --tls-dir; here a temporary one
+        settle=0,
+        api_client=sa_client,
+    )
+    return tls, sa_client
+
+
+def chart_configurations(release: Release) -> tlssecret.WebhookConfigurations:
+    return tlssecret.WebhookConfigurations(mutating=release.fullname, validating=release.fullname)
+
+
+def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(
+    control_plane: ControlPlane, api: Any, release: Release, tmp_path: Path
+) -> None:
+    notes = release.install()
+    assert "Check that it works" in notes
+    assert f"Secret {release.namespace}/{release.fullname}-tls" in notes
+
+    core = client.CoreV1Api(api)
+    extensions = client.ApiextensionsV1Api(api)
+    assert raw(extensions.read_custom_resource_definition, names.POLICY_RESOURCE)
+    policy = raw(
+        client.CustomObjectsApi(api).get_cluster_custom_object,
+        names.GROUP,
+        names.VERSION,
+        names.PLURAL,
+        f"{release.fullname}-ecr",
+    )
+    assert policy["spec"]["action"] == "Mutate"
+    assert policy["spec"]["maxStale"] == "10m"
+    placeholder = raw(core.read_namespaced_secret, f"{release.fullname}-tls", release.namespace)
+    assert not placeholder.get("data")
+    configurations = chart_configurations(release)
+    assert set(published_bundles(api, configurations)) == {b""}
+
+    # Two replicas of the Deployment start together.
+    first, sa_client = deployed_replica(control_plane, api, release, tmp_path / "a", tmp_path)
+    second, _ = deployed_replica(control_plane, api, release, tmp_path / "b", tmp_path)
+    assert race([first, second]) == [True, True]
+    material = stored(api, release.namespace, f"{release.fullname}-tls")
+    assert first.cert_file.read_bytes() == second.cert_file.read_bytes()
+    assert first.cert_file.read_bytes() == material.serving.cert_pem
+    assert certificates.describe(material.serving.cert_pem).dns_names == (
+        certificates.service_dns_names(release.fullname, release.namespace)
+    )
+    counts = (len(names.MUTATING_HANDLERS), len(names.VALIDATING_HANDLERS))
+    assert published_bundles(api, configurations) == [material.bundle_pem] * sum(counts)
+
+    # The ServiceAccount can do what the webhook does, and no more.
+    sa_core = client.CoreV1Api(sa_client)
+    sa_admission = client.AdmissionregistrationV1Api(sa_client)
+    core.create_namespaced_secret(release.namespace, {"metadata": {"name": "not-its-own"}})
+    assert status_of(sa_core.read_namespaced_secret, "not-its-own", release.namespace) == 403
+    assert status_of(sa_core.list_namespaced_secret, release.namespace) == 403
+    assert status_of(sa_core.read_namespaced_secret, "default-token", "default") == 403
+    assert status_of(sa_admission.read_mutating_webhook_configuration, "someone-elses") == 403
+    assert status_of(sa_admission.list_mutating_webhook_configuration) == 403
+    status_patch = {"status": {"observedGeneration": 1}}
+    raw(
+        client.CustomObjectsApi(sa_client).patch_cluster_custom_object_status,
+        names.GROUP,
+        names.VERSION,
+        names.PLURAL,
+        f"{release.fullname}-ecr",
+        status_patch,
+        _content_type="application/merge-patch+json",
+    )
+    assert raw(client.CoreV1Api(sa_client).list_namespace)["items"]
+
+    # An upgrade keeps the certificate and the caBundle the webhook patched in.
+    release.upgrade(
+        "--reuse-values", "--set", "resolver.cacheTTL=2m", "--set", "webhook.timeoutSeconds=12"
+    )
+    assert stored(api, release.namespace, f"{release.fullname}-tls") == material
+    assert published_bundles(api, configurations) == [material.bundle_pem] * sum(counts)
+    admission = client.AdmissionregistrationV1Api(api)
+    upgraded = raw(admission.read_validating_webhook_configuration, release.fullname)
+    assert {webhook["timeoutSeconds"] for webhook in upgraded["webhooks"]} == {12}
+    assert first.reconcile() is False
+
+
+def _deletions(
+    api: Any,
+    list_call: Callable[..., Any],
+    stop: threading.Event,
+    into: list[tuple[str, int]],
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    """Record (kind, resourceVersion) of every DELETED event until `stop` is set."""
+    watcher = watch.Watch()
+    while not stop.is_set():
+        for event in watcher.stream(list_call, *args, timeout_seconds=1, **kwargs):
+            if event["type"] == "DELETED":
+                obj = event["raw_object"]
+                into.append((obj["kind"], int(obj["metadata"]["resourceVersion"])))
+
+
+def test_uninstall_removes_the_webhook_configurations_before_anything_else(
+    control_plane: ControlPlane, api: Any, release: Release, tmp_path: Path
+) -> None:
+    release.install()
+    tls, _ = deployed_replica(control_plane, api, release, tmp_path / "tls", tmp_path)
+    tls.reconcile()
+
+    admission = client.AdmissionregistrationV1Api(api)
+    selector = f"metadata.name={release.fullname}"
+    deleted: list[tuple[str, int]] = []
+    stop = threading.Event()
+    watchers = [
+        threading.Thread(
+            target=_deletions,
+            args=(api, call, stop, deleted),
+            kwargs={"field_selector": selector},
+            daemon=True,
+        )
+        for call in (
+            admission.list_mutating_webhook_configuration,
+            admission.list_validating_webhook_configuration,
+        )
+    ] + [
+        threading.Thread(
+            target=_deletions,
+            args=(api, call, stop, deleted, release.namespace),
+            kwargs={"field_selector": selector},
+            daemon=True,
+        )
+        for call in (
+            client.CoreV1Api(api).list_namespaced_service,
+            client.AppsV1Api(api).list_namespaced_deployment,
+        )
+    ]
+    for watcher in watchers:
+        watcher.start()
+    time.sleep(1.5)  # let every watch begin before anything is deleted
+    try:
+        release.uninstall()
+        eventually("the deletions to be seen", lambda: len({k for k, _ in deleted}) == 4)
+    finally:
+        stop.set()
+        for watcher in watchers:
+            watcher.join(timeout=5)
+
+    assert status_of(admission.read_mutating_webhook_configuration, release.fullname) == 404
+    assert status_of(admission.read_validating_webhook_configuration, release.fullname) == 404
+    assert (
+        status_of(
+            client.CoreV1Api(api).read_namespaced_secret,
+            f"{release.fullname}-tls",
+            release.namespace,
+        )
+        == 404
+    )
+    # etcd revisions order every write in the cluster (the apiserver's resourceVersion):
+    # each webhook configuration was gone before the Service or Deployment went.
+    webhook_kinds = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+    last_webhook = max(rv for kind, rv in deleted if kind in webhook_kinds)
+    first_backend = min(rv for kind, rv in deleted if kind not in webhook_kinds)
+    assert last_webhook < first_backend, sorted(deleted, key=lambda item: item[1])
+    # The CRD (and so every user's policies) survives an uninstall.
+    assert raw(
+        client.ApiextensionsV1Api(api).read_custom_resource_definition, names.POLICY_RESOURCE
+    )
