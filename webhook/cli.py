@@ -265,12 +265,25 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
 
     loop = asyncio.get_running_loop()
     shutdowns: set[asyncio.Task[None]] = set()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: shutdowns.add(loop.create_task(shut_down())))
+
+    def take_signals() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: shutdowns.add(loop.create_task(shut_down())))
+
+    async def take_signals_back(started: asyncio.Event) -> None:
+        # kopf replaces the handlers with its own immediate stop as it starts; ours must
+        # win, or SIGTERM stops answering at once instead of after the shutdown delay.
+        await started.wait()
+        take_signals()
+
+    take_signals()
+    started = asyncio.Event()
+    signals_task = loop.create_task(take_signals_back(started))
     tls_task = loop.create_task(tls.run(stop)) if tls is not None else None
     try:
-        await the_admission.run(server, stop_flag=stop)
+        await the_admission.run(server, stop_flag=stop, ready_flag=started)
     finally:
+        signals_task.cancel()
         stop.set()
         if tls_task is not None:
             tls_task.cancel()
