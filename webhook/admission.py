@@ -6,13 +6,16 @@ request model for the decision core; and turns verdicts into what kopf sends bac
 """
 
 import asyncio
+import base64
+import contextvars
 import dataclasses
 import datetime
 import functools
+import json
 import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -27,6 +30,13 @@ NAMESPACE_INDEX = "namespace_index"
 
 NamespaceReader = Callable[[str], Awaitable[dict[str, str] | None]]
 
+JsonPatch = list[dict[str, Any]]
+
+_PATCH: contextvars.ContextVar[JsonPatch | None] = contextvars.ContextVar(
+    "digestguard_patch", default=None
+)
+"""Where a handler puts the JSON patch of the admission it is answering (see `_DirectPatch`)."""
+
 
 class _AdmissionOnlyMemories(inventory.ResourceMemories):
     """kopf keeps a memory per object uid for every non-CREATE admission and never
@@ -37,6 +47,36 @@ class _AdmissionOnlyMemories(inventory.ResourceMemories):
         self, raw_body: Any, *, memobase: Any = None, ephemeral: bool = False
     ) -> Any:
         return await super().recall_memo(raw_body, memobase=memobase, ephemeral=True)
+
+
+class _DirectPatch:
+    """The admission server, handed to kopf with a webhook function that attaches our patch.
+
+    kopf makes a mutating response's JSON patch by deep-copying the whole object,
+    applying the handler's functions to the copy and diffing the two with jsonpatch:
+    250 µs of the 1.15 ms of CPU a warm 3-container pod admission took, the largest
+    single cost. The verdict already names every field it changes, so the handler
+    writes the patch itself and this wrapper puts it into kopf's response.
+    """
+
+    def __init__(self, server: serving.AdmissionServer) -> None:
+        self._server = server
+
+    def __call__(self, fn: serving.ReviewFn) -> AsyncIterator[dict[str, Any]]:
+        async def review(request: Any, **kwargs: Any) -> Any:
+            ops: JsonPatch = []
+            token = _PATCH.set(ops)
+            try:
+                response = await fn(request, **kwargs)
+            finally:
+                _PATCH.reset(token)
+            payload = response.get("response", {})
+            if ops and payload.get("allowed") and "patch" not in payload:
+                payload["patch"] = base64.b64encode(json.dumps(ops).encode()).decode("ascii")
+                payload["patchType"] = "JSONPatch"
+            return response
+
+        return self._server(review)
 
 
 @dataclasses.dataclass
@@ -88,7 +128,8 @@ class Admission:
     ) -> None:
         """Run kopf with this admission's handlers until `stop_flag` is set."""
         settings = kopf.OperatorSettings()
-        settings.admission.server = typing.cast(Any, server)  # kopf types only its own servers
+        # kopf types only its own servers.
+        settings.admission.server = typing.cast(Any, _DirectPatch(server))
         settings.admission.managed = None  # the Helm chart owns the webhook configurations
         settings.posting.enabled = False  # no Events RBAC needed; logs carry everything
         settings.scanning.disabled = True  # no CRD/namespace list RBAC needed
@@ -153,7 +194,11 @@ class Admission:
         if not verdict.allowed:
             raise kopf.AdmissionError(verdict.message, code=403)
         if verdict.edits:
-            patch.fns.append(functools.partial(decisions.apply_edits, verdict=verdict))
+            ops = _PATCH.get()
+            if ops is None:  # not served through `_DirectPatch`: let kopf diff
+                patch.fns.append(functools.partial(decisions.apply_edits, verdict=verdict))
+            else:
+                ops.extend(_json_patch(body, verdict))
 
     async def decide(
         self,
@@ -192,6 +237,30 @@ class Admission:
         # A namespace created a moment before its first pod may not be indexed yet.
         labels = await self.read_namespace_labels(namespace)
         return labels if labels is not None else {}
+
+
+def _json_patch(obj: Mapping[str, Any], verdict: decisions.Verdict) -> JsonPatch:
+    """The JSON patch that does what `decisions.apply_edits` does to `obj`."""
+    ops: JsonPatch = [{"op": "replace", "path": e.pointer, "value": e.value} for e in verdict.edits]
+    if verdict.annotations:
+        added = dict(verdict.annotations)
+        metadata = obj.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+        if not isinstance(metadata, Mapping):
+            ops.append({"op": "add", "path": "/metadata", "value": {"annotations": added}})
+        elif not isinstance(annotations, Mapping):
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": added})
+        else:
+            ops.extend(
+                {"op": "add", "path": f"/metadata/annotations/{_escape(key)}", "value": value}
+                for key, value in verdict.annotations.items()
+            )
+    return ops
+
+
+def _escape(key: str) -> str:
+    """A JSON pointer reference token (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _policies(index: Mapping[Any, Any]) -> list[policies.Policy]:
