@@ -71,7 +71,12 @@ SERVE_FLAGS: Final = (
     Flag("cache-ttl", "60s", "how long a resolved tag is trusted without asking again"),
     Flag("negative-cache-ttl", "5s", "how long 'image not found' is remembered"),
     Flag("mutability-cache-ttl", "10m", "how long a repository's tag mutability is remembered"),
-    Flag("cache-max-entries", "100000", "resolved tags kept in memory (least recently used go)"),
+    Flag(
+        "cache-max-entries",
+        "100000",
+        "resolved tags kept in memory (least recently used go); 0: no cache and no shared"
+        " registry calls, one request per image (a benchmark baseline, not for production)",
+    ),
     Flag("registry-workers", "16", "threads making registry calls"),
     Flag("ecr-endpoint-url", "", "ECR API endpoint override (testing only)"),
     Flag("max-body-bytes", str(16 * 1024 * 1024), "largest AdmissionReview accepted"),
@@ -176,8 +181,10 @@ def serve_config(options: argparse.Namespace) -> ServeConfig:
     )
     if config.resolve_deadline <= 0:
         raise errors.ConfigurationError("--resolve-deadline must be above zero")
-    if config.registry_workers < 1 or config.cache_max_entries < 1:
-        raise errors.ConfigurationError("--registry-workers and --cache-max-entries must be >= 1")
+    if config.registry_workers < 1:
+        raise errors.ConfigurationError("--registry-workers must be >= 1")
+    if config.cache_max_entries < 0:
+        raise errors.ConfigurationError("--cache-max-entries must be >= 0")
     return config
 
 

@@ -6,7 +6,9 @@ its time budget:
 - **Cache.** A `Found` is fresh for `ttl`, a `Missing` for `negative_ttl`; `Unknown`
   and `Corrupt` are never cached, so the next admission asks again. A `Found` is
   kept past its TTL (until evicted) to serve stale-if-error. Each cache holds at
-  most `max_entries`, evicting the least recently used.
+  most `max_entries`, evicting the least recently used. `max_entries=0` turns
+  caching, batching and single-flight all off: one registry request per image,
+  nothing shared (what a webhook that does not cache does; a benchmark baseline).
 - **Batching.** The cache misses of one call are grouped by repository: one
   `client.lookup` per repository, never one per image.
 - **Single-flight.** A query already being asked about is not asked again:
@@ -114,6 +116,7 @@ class Resolver:
         self._negative_ttl = negative_ttl
         self._mutability_ttl = mutability_ttl
         self._clock = clock
+        self._shared = max_entries > 0
         self._digests: _LruCache[resolutions.Query, resolutions.Found | resolutions.Missing] = (
             _LruCache(DIGESTS_CACHE, max_entries)
         )
@@ -138,20 +141,23 @@ class Resolver:
         answers: dict[resolutions.Query, resolutions.Outcome] = {}
         waiting: dict[resolutions.Query, _Flight[Any, resolutions.Outcome]] = {}
         to_ask: dict[resolutions.Repository, list[resolutions.Query]] = {}
+        unshared: list[tuple[resolutions.Repository, list[resolutions.Query]]] = []
         for query in queries:
             entry = self._digests.get(query)
             if entry is not None and self._is_fresh(entry, now):
                 self._digests.touch(query)
                 answers[query] = entry.value
                 continue
-            flight = _joinable(self._digest_flights, query, now)
+            flight = _joinable(self._digest_flights, query, now) if self._shared else None
             if flight is not None:
                 waiting[query] = flight
-            else:
+            elif self._shared:
                 to_ask.setdefault(query.repository, []).append(query)
+            else:
+                unshared.append((query.repository, [query]))
         hits = len(answers)
 
-        for repository, batch in to_ask.items():
+        for repository, batch in [*to_ask.items(), *unshared]:
             flight = self._start(
                 self._digest_flights,
                 batch,
@@ -189,7 +195,7 @@ class Resolver:
                 self._mutabilities.touch(repository)
                 answers[repository] = entry.value
                 continue
-            flight = _joinable(self._mutability_flights, repository, now)
+            flight = _joinable(self._mutability_flights, repository, now) if self._shared else None
             if flight is None:
                 flight = self._start(
                     self._mutability_flights,
