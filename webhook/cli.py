@@ -24,7 +24,9 @@ from webhook import (
     errors,
     kubeapi,
     logs,
+    oci,
     references,
+    registries,
     resolutions,
     resolver,
     serving,
@@ -79,6 +81,12 @@ SERVE_FLAGS: Final = (
     ),
     Flag("registry-workers", "16", "threads making registry calls"),
     Flag("ecr-endpoint-url", "", "ECR API endpoint override (testing only)"),
+    Flag(
+        "insecure-registries",
+        "",
+        "comma-separated host[:port] of OCI registries reached over plain HTTP, without TLS",
+    ),
+    Flag("registry-ca-file", "", "PEM CA bundle trusted for OCI registries besides the system's"),
     Flag("max-body-bytes", str(16 * 1024 * 1024), "largest AdmissionReview accepted"),
     Flag("shutdown-delay", "3s", "how long to stay up, not ready, after SIGTERM before draining"),
     Flag("log-level", "info", "debug, info, warning or error"),
@@ -116,15 +124,20 @@ def _parser() -> argparse.ArgumentParser:
 
     resolve = commands.add_parser(
         "resolve",
-        help="print ECR images pinned to their digests",
-        description="Resolve ECR image references to digests with BatchGetImage and print "
-        "them pinned. Exit 1 if an image does not exist, 2 if the registry could not tell.",
+        help="print images pinned to their digests",
+        description="Resolve image references to digests (ECR private registries with "
+        "BatchGetImage, any other registry with the OCI distribution API) and print them "
+        "pinned. Exit 1 if an image does not exist, 2 if the registry could not tell.",
     )
     resolve.add_argument("images", nargs="+", metavar="IMAGE")
     resolve.add_argument("--drop-tag", action="store_true", help="print repo@sha256:… only")
-    resolve.add_argument(
-        "--ecr-endpoint-url", default=os.environ.get(f"{ENV_PREFIX}ECR_ENDPOINT_URL", "")
-    )
+    for name in ("ecr-endpoint-url", "insecure-registries", "registry-ca-file"):
+        flag = next(f for f in SERVE_FLAGS if f.name == name)
+        resolve.add_argument(
+            f"--{flag.name}",
+            default=os.environ.get(flag.env, flag.default),
+            help=f"{flag.help} [env {flag.env}]",
+        )
     resolve.add_argument("--timeout", default="10s", help="time budget for all lookups")
     resolve.set_defaults(run=_resolve)
     return parser
@@ -147,6 +160,8 @@ class ServeConfig:
     registry_workers: int
     max_body_bytes: int
     shutdown_delay: float
+    insecure_registries: tuple[str, ...] = ()
+    registry_ca_file: str = ""
 
 
 def serve_config(options: argparse.Namespace) -> ServeConfig:
@@ -178,6 +193,8 @@ def serve_config(options: argparse.Namespace) -> ServeConfig:
         registry_workers=_integer(options.registry_workers, "registry-workers"),
         max_body_bytes=_integer(options.max_body_bytes, "max-body-bytes"),
         shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
+        insecure_registries=_hosts(options.insecure_registries),
+        registry_ca_file=options.registry_ca_file,
     )
     if config.resolve_deadline <= 0:
         raise errors.ConfigurationError("--resolve-deadline must be above zero")
@@ -196,6 +213,12 @@ def _serve(options: argparse.Namespace) -> int:
 
 
 async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None:
+    # First: a bad --insecure-registries or --registry-ca-file stops the start at once.
+    oci_client = oci.OciClient(
+        insecure_registries=config.insecure_registries,
+        ca_file=config.registry_ca_file or None,
+        max_idle_connections=max(32, config.registry_workers),
+    )
     kubeapi.load_configuration()
     if not await kubeapi.policy_crd_installed():
         raise errors.ConfigurationError(
@@ -203,9 +226,12 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
             "install the chart's CRD first"
         )
     the_resolver = resolver.Resolver(
-        ecr.EcrClient(
-            endpoint_url=options.ecr_endpoint_url or None,
-            max_pool_connections=max(32, config.registry_workers),
+        registries.RoutingClient(
+            ecr.EcrClient(
+                endpoint_url=options.ecr_endpoint_url or None,
+                max_pool_connections=max(32, config.registry_workers),
+            ),
+            oci_client,
         ),
         ttl=config.cache_ttl,
         negative_ttl=config.negative_cache_ttl,
@@ -298,6 +324,7 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
                 await tls_task
         await health.stop()
         await the_resolver.aclose()
+        oci_client.close()
         logger.info("stopped")
 
 
@@ -309,12 +336,18 @@ def _resolve(options: argparse.Namespace) -> int:
             reference = references.parse(image)
         except errors.InvalidReference as error:
             raise errors.ConfigurationError(str(error)) from None
-        if reference.ecr is None:
-            raise errors.ConfigurationError(
-                f"{image}: {reference.registry} is not an Amazon ECR private registry"
-            )
         parsed.append(reference)
-    outcomes = asyncio.run(_lookup(parsed, options.ecr_endpoint_url or None, timeout))
+    oci_client = oci.OciClient(
+        insecure_registries=_hosts(options.insecure_registries),
+        ca_file=options.registry_ca_file or None,
+    )
+    client = registries.RoutingClient(
+        ecr.EcrClient(endpoint_url=options.ecr_endpoint_url or None), oci_client
+    )
+    try:
+        outcomes = asyncio.run(_lookup(parsed, client, timeout))
+    finally:
+        oci_client.close()
     status = 0
     for reference in parsed:
         outcome = outcomes[resolutions.existence_query(reference)]
@@ -334,9 +367,9 @@ def _resolve(options: argparse.Namespace) -> int:
 
 
 async def _lookup(
-    parsed: list[references.ImageReference], endpoint_url: str | None, budget: float
+    parsed: list[references.ImageReference], client: resolutions.RegistryClient, budget: float
 ) -> dict[resolutions.Query, resolutions.Outcome]:
-    the_resolver = resolver.Resolver(ecr.EcrClient(endpoint_url=endpoint_url))
+    the_resolver = resolver.Resolver(client)
     try:
         queries = collections.OrderedDict((resolutions.existence_query(r), 0.0) for r in parsed)
         return await the_resolver.resolve(queries, deadline=time.monotonic() + budget)
@@ -349,6 +382,11 @@ def _seconds(text: str, flag: str) -> float:
         return durations.parse_seconds(text)
     except errors.InvalidDuration as error:
         raise errors.ConfigurationError(f"--{flag}: {error}") from None
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    """The entries of a comma-separated host[:port] list, empty ones left out."""
+    return tuple(entry.strip() for entry in text.split(",") if entry.strip())
 
 
 def _integer(text: Any, flag: str) -> int:

@@ -54,9 +54,9 @@ class Subject:
 
     @property
     def lookup(self) -> resolutions.Query | None:
-        """The query whose outcome says whether the image exists."""
+        """The query whose outcome says whether the image exists (None: not a valid reference)."""
         ref = self.reference
-        if ref is None or ref.ecr is None:
+        if ref is None:
             return None
         return resolutions.existence_query(ref)
 
@@ -64,7 +64,7 @@ class Subject:
     def tag_check(self) -> resolutions.Query | None:
         """For `repo:tag@digest`: the query telling whether the tag still points there."""
         ref = self.reference
-        if ref is None or ref.ecr is None or ref.digest is None or ref.tag is None:
+        if ref is None or ref.digest is None or ref.tag is None:
             return None
         return resolutions.Query(resolutions.Repository(ref.registry, ref.repository), tag=ref.tag)
 
@@ -178,9 +178,12 @@ def plan(
                 queries[query] = min(
                     queries.get(query, subject.max_stale_seconds), subject.max_stale_seconds
                 )
+        # Only ECR has immutable tags: other registries are not asked about them.
         if (
             subject.is_tag_only
             and subject.lookup is not None
+            and subject.reference is not None
+            and subject.reference.ecr is not None
             and any(
                 p.action is not policies.Action.MUTATE and p.allow_immutable_tags for p in in_phase
             )
@@ -322,15 +325,8 @@ def _problem(
 ) -> tuple[str, str, bool] | None:
     """(reason, detail, fatal) when the image cannot be confirmed to exist; fatal ones
     deny under Mutate/Enforce whatever onResolveError says."""
-    if subject.reference is None:
+    if subject.reference is None or subject.lookup is None:
         return names.REASON_INVALID_REFERENCE, f"not a valid reference: {subject.problem}", True
-    if subject.lookup is None:
-        return (
-            names.REASON_UNSUPPORTED_REGISTRY,
-            f"{subject.reference.registry} is not an Amazon ECR private registry, so its"
-            " digest cannot be resolved",
-            False,
-        )
     outcome = outcomes.get(subject.lookup)
     if isinstance(outcome, resolutions.Found):
         return None
@@ -361,6 +357,12 @@ def _unpinned_violation(
         return None
     if policy.allow_immutable_tags and subject.lookup is not None:
         tag = subject.lookup.tag or resolutions.IMPLICIT_TAG
+        if subject.reference is None or subject.reference.ecr is None:
+            return (
+                f"referenced by the tag {tag!r}, and only Amazon ECR makes tags immutable"
+                " (allowImmutableTags); pin it by digest (repo@sha256:...)",
+                True,
+            )
         setting = mutabilities.get(subject.lookup.repository)
         if isinstance(setting, resolutions.TagMutability):
             if setting.is_immutable(tag):

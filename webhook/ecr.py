@@ -50,7 +50,6 @@ spent; an attempt already running is bounded by the connect and read timeouts.
 
 import dataclasses
 import hashlib
-import json
 import logging
 import random
 import re
@@ -78,14 +77,6 @@ DESCRIBE_REPOSITORIES: Final = "DescribeRepositories"
 
 MAX_IMAGE_IDS: Final = 100
 """BatchGetImage accepts at most this many imageIds in one request."""
-
-OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
-ACCEPTED_MEDIA_TYPES: Final = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
-"""Sent with every BatchGetImage: without it ECR may convert a manifest (to schema 1),
-and the digest of a converted manifest is not the one a kubelet pulls."""
 
 MISSING_FAILURE_CODES: Final = frozenset(
     {
@@ -311,7 +302,7 @@ class EcrClient:
                     registryId=registry.account,
                     repositoryName=repository.name,
                     imageIds=image_ids,
-                    acceptedMediaTypes=list(ACCEPTED_MEDIA_TYPES),
+                    acceptedMediaTypes=list(resolutions.ACCEPTED_MEDIA_TYPES),
                 ),
                 budget_end=budget_end,
                 context=context,
@@ -524,17 +515,8 @@ def _verified(
             f"ECR returned a manifest for {repository}@{digest} that hashes to"
             f" {algorithm}:{actual}: integrity check failed"
         )
-    media_type = image.get("imageManifestMediaType") or _declared_media_type(manifest)
+    media_type = image.get("imageManifestMediaType") or resolutions.declared_media_type(manifest)
     return resolutions.Found(references.Digest(digest), str(media_type))
-
-
-def _declared_media_type(manifest: str) -> str:
-    try:
-        document = json.loads(manifest)
-    except ValueError:
-        return ""
-    media_type = document.get("mediaType", "") if isinstance(document, dict) else ""
-    return media_type if isinstance(media_type, str) else ""
 
 
 def _tag_mutability(

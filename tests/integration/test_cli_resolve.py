@@ -1,4 +1,7 @@
-"""`digestguard resolve` pins images by hand through boto3 over HTTP to the moto ECR server."""
+"""`digestguard resolve` pins ECR images by hand through boto3 over HTTP to the moto ECR server.
+
+Images of other registries: `test_oci_registry.py`.
+"""
 
 import os
 import subprocess
@@ -53,10 +56,12 @@ def test_resolve_exits_1_and_names_a_missing_tag(moto_server: ecr_emulator.MotoS
     assert result.stdout.startswith(f"{image}:v1@sha256:")
 
 
-def test_resolve_refuses_an_image_outside_ecr(moto_server: ecr_emulator.MotoServer) -> None:
-    result = resolve(moto_server.url, "nginx:1.27")
+def test_resolve_refuses_an_insecure_registry_that_is_not_a_host(
+    moto_server: ecr_emulator.MotoServer,
+) -> None:
+    result = resolve(moto_server.url, "--insecure-registries", "http://localhost:5000", "app:v1")
     assert result.returncode == 64
-    assert "docker.io is not an Amazon ECR private registry" in result.stderr
+    assert "is not a host[:port]" in result.stderr
 
 
 def test_resolve_refuses_a_malformed_reference(moto_server: ecr_emulator.MotoServer) -> None:

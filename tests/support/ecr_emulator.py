@@ -73,12 +73,20 @@ def _config_blob(architecture: str, seed: str) -> bytes:
     )
 
 
+def _layer_blobs(architecture: str, seed: str) -> list[bytes]:
+    return [f"{seed}/{architecture}/layer-{n}".encode() for n in (1, 2)]
+
+
+def image_blobs(*, architecture: str = "amd64", seed: str = "app") -> list[bytes]:
+    """The config and layer blobs that the manifests made with the same arguments refer to
+    (a real registry refuses a manifest whose blobs were not pushed first)."""
+    return [_config_blob(architecture, seed), *_layer_blobs(architecture, seed)]
+
+
 def docker_manifest(*, architecture: str = "amd64", seed: str = "app") -> bytes:
     """A Docker image manifest v2 schema 2 for one platform (one config, two layers)."""
     config = _config_blob(architecture, seed)
-    layers = [
-        _descriptor(DOCKER_LAYER, f"{seed}/{architecture}/layer-{n}".encode()) for n in (1, 2)
-    ]
+    layers = [_descriptor(DOCKER_LAYER, blob) for blob in _layer_blobs(architecture, seed)]
     return canonical_json(
         {
             "schemaVersion": 2,
@@ -92,7 +100,7 @@ def docker_manifest(*, architecture: str = "amd64", seed: str = "app") -> bytes:
 def oci_manifest(*, architecture: str = "amd64", seed: str = "app") -> bytes:
     """An OCI image manifest for one platform."""
     config = _config_blob(architecture, seed)
-    layers = [_descriptor(OCI_LAYER, f"{seed}/{architecture}/layer-{n}".encode()) for n in (1, 2)]
+    layers = [_descriptor(OCI_LAYER, blob) for blob in _layer_blobs(architecture, seed)]
     return canonical_json(
         {
             "schemaVersion": 2,

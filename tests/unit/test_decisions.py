@@ -30,6 +30,8 @@ PINNED = f"{ECR}/shop/api:v1@{DIGEST}"
 BY_TAG = resolutions.Query(REPO, tag="v1")
 BY_DIGEST = resolutions.Query(REPO, digest=DIGEST)
 WEB_BY_TAG = resolutions.Query(WEB_REPO, tag="v2")
+NGINX_REPO = resolutions.Repository("docker.io", "library/nginx")
+NGINX_BY_TAG = resolutions.Query(NGINX_REPO, tag="1.25")
 FOUND = resolutions.Found(DIGEST, OCI_INDEX)
 WEB_FOUND = resolutions.Found(WEB_DIGEST, OCI_INDEX)
 MISSING = resolutions.Missing("ImageNotFound", "Requested image not found")
@@ -327,24 +329,29 @@ def test_corrupt_answer_is_denied_even_under_on_resolve_error_allow() -> None:
     assert CORRUPT.message in verdict.message
 
 
-def test_non_ecr_image_under_a_matching_policy_is_not_looked_up() -> None:
+def test_non_ecr_image_under_a_matching_policy_is_looked_up_in_its_registry() -> None:
     the_plan = make_plan(api_pod("nginx:1.25"), [policy(images=["**"])])
-    assert (len(the_plan.subjects), dict(the_plan.queries)) == (1, {})
+    assert dict(the_plan.queries) == {NGINX_BY_TAG: 600.0}
 
 
-def test_non_ecr_image_under_a_matching_policy_is_denied_under_on_resolve_error_deny() -> None:
-    verdict = judge(api_pod("nginx:1.25"), [policy(images=["**"])], {})
+def test_non_ecr_image_is_pinned_like_an_ecr_one() -> None:
+    verdict = judge(api_pod("nginx:1.25"), [policy(images=["**"])], {NGINX_BY_TAG: FOUND})
+    assert verdict.allowed
+    assert verdict.edits == (decisions.Edit("/spec/containers/0/image", f"nginx:1.25@{DIGEST}"),)
+
+
+def test_missing_non_ecr_image_is_denied() -> None:
+    verdict = judge(api_pod("nginx:1.25"), [policy(images=["**"])], {NGINX_BY_TAG: MISSING})
     assert not verdict.allowed
-    assert (
-        "docker.io is not an Amazon ECR private registry, so its digest cannot be resolved"
-        f" [{names.REASON_UNSUPPORTED_REGISTRY};"
-    ) in verdict.message
+    assert "(repository library/nginx in registry docker.io):" in verdict.message
+    assert f"[{names.REASON_IMAGE_MISSING};" in verdict.message
 
 
-def test_non_ecr_image_under_a_matching_policy_is_a_warning_under_on_resolve_error_allow() -> None:
-    verdict = judge(api_pod("nginx:1.25"), [policy(images=["**"], onResolveError="Allow")], {})
+def test_unreachable_non_ecr_registry_is_a_warning_under_on_resolve_error_allow() -> None:
+    rules = [policy(images=["**"], onResolveError="Allow")]
+    verdict = judge(api_pod("nginx:1.25"), rules, {NGINX_BY_TAG: UNKNOWN})
     assert (verdict.allowed, verdict.edits) == (True, ())
-    assert has_reason(verdict.warnings, names.REASON_UNSUPPORTED_REGISTRY)
+    assert has_reason(verdict.warnings, names.REASON_REGISTRY_UNAVAILABLE)
 
 
 def test_invalid_reference_under_mutate_is_denied_with_the_parsers_message() -> None:
@@ -535,16 +542,31 @@ def test_enforce_denies_a_tag_only_reference_even_when_the_registry_could_not_te
 
 def test_enforce_denies_a_tag_only_reference_outside_ecr_even_under_allow() -> None:
     rules = [policy(action="Enforce", images=["**"], onResolveError="Allow")]
-    verdict = judge(api_pod("nginx:1.25"), rules, {}, VALIDATING)
+    verdict = judge(api_pod("nginx:1.25"), rules, {NGINX_BY_TAG: FOUND}, VALIDATING)
     assert not verdict.allowed
     assert "referenced by tag only" in verdict.message
 
 
-def test_enforce_accepts_a_digest_outside_ecr_under_allow_with_a_warning() -> None:
-    rules = [policy(action="Enforce", images=["**"], onResolveError="Allow")]
-    verdict = judge(api_pod(f"nginx@{DIGEST}"), rules, {}, VALIDATING)
-    assert verdict.allowed
-    assert has_reason(verdict.warnings, names.REASON_UNSUPPORTED_REGISTRY)
+def test_allow_immutable_tags_asks_no_mutability_outside_ecr() -> None:
+    rules = [policy(action="Enforce", images=["**"], allowImmutableTags=True)]
+    the_plan = make_plan(api_pod("nginx:1.25"), rules, VALIDATING)
+    assert the_plan.repositories_for_mutability == frozenset()
+
+
+def test_allow_immutable_tags_denies_a_tag_outside_ecr_even_under_allow() -> None:
+    rules = [
+        policy(action="Enforce", images=["**"], allowImmutableTags=True, onResolveError="Allow")
+    ]
+    verdict = judge(api_pod("nginx:1.25"), rules, {NGINX_BY_TAG: FOUND}, VALIDATING)
+    assert not verdict.allowed
+    assert "only Amazon ECR makes tags immutable" in verdict.message
+
+
+def test_enforce_accepts_a_digest_outside_ecr_that_exists() -> None:
+    rules = [policy(action="Enforce", images=["**"])]
+    by_digest = resolutions.Query(NGINX_REPO, digest=DIGEST)
+    verdict = judge(api_pod(f"nginx@{DIGEST}"), rules, {by_digest: FOUND}, VALIDATING)
+    assert (verdict.allowed, verdict.warnings) == (True, ())
 
 
 # Audit
