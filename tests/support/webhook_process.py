@@ -13,7 +13,20 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to SIGTERM the webhook when the process that started it dies."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except Exception:
+        pass
 
 
 def free_port() -> int:
@@ -100,7 +113,12 @@ class WebhookProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO_ROOT,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + ready_within
         while time.monotonic() < deadline:
@@ -129,6 +147,24 @@ class WebhookProcess:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as r:
             return str(r.read().decode())
+
+    def metric(self, sample: str, **labels: str) -> float:
+        """The sum of the samples named `sample` (e.g. `digestguard_registry_calls_total`)
+        whose labels include `labels`; 0 when there is none yet."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics()):
+            for found in family.samples:
+                if found.name == sample and all(
+                    found.labels.get(key) == value for key, value in labels.items()
+                ):
+                    total += found.value
+        return total
+
+    def __enter__(self) -> "WebhookProcess":
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def stop(self, sig: int = signal.SIGTERM, within: float = 15.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
