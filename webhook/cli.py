@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -309,14 +310,24 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
         await started.wait()
         take_signals()
 
+    async def freeze_start_up_objects() -> None:
+        # What start-up made (kopf, the kubernetes client, botocore's models) lives as long
+        # as the process: keep it out of the full garbage collections that load triggers.
+        await the_admission.indexes_loaded.wait()
+        await server.listening.wait()
+        gc.collect()
+        gc.freeze()
+
     take_signals()
     started = asyncio.Event()
     signals_task = loop.create_task(take_signals_back(started))
+    freeze_task = loop.create_task(freeze_start_up_objects())
     tls_task = loop.create_task(tls.run(stop)) if tls is not None else None
     try:
         await the_admission.run(server, stop_flag=stop, ready_flag=started)
     finally:
         signals_task.cancel()
+        freeze_task.cancel()
         stop.set()
         if tls_task is not None:
             tls_task.cancel()
