@@ -1,0 +1,1 @@
+"""digestguard benchmarks: see bench/README.md."""
