@@ -58,6 +58,9 @@ CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 _LOG_TAIL_LINES = 40
 
 
+_PORT_ATTEMPTS = 3
+
+
 class ControlPlaneError(RuntimeError):
     """The control plane could not be started (the message has the log tail)."""
 
@@ -427,21 +430,32 @@ class ControlPlane:
             raise ControlPlaneError("this ControlPlane was already started")
         self._started = True
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        (
-            self.etcd_client_port,
-            self.etcd_peer_port,
-            self.apiserver_port,
-            self.controller_manager_port,
-        ) = free_ports(4)
-        try:
-            self._start_etcd()
-            self._start_apiserver()
-            self._start_controller_manager()
-            self.wait_for_service_account("default", "default")
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        # A free port can be taken by another process before ours binds it: start
+        # again on fresh ports rather than fail the whole session.
+        for attempt in range(_PORT_ATTEMPTS):
+            (
+                self.etcd_client_port,
+                self.etcd_peer_port,
+                self.apiserver_port,
+                self.controller_manager_port,
+            ) = free_ports(4)
+            try:
+                self._start_etcd()
+                self._start_apiserver()
+                self._start_controller_manager()
+                self.wait_for_service_account("default", "default")
+            except ControlPlaneError as error:
+                self.stop()
+                if "address already in use" not in str(error) or attempt + 1 == _PORT_ATTEMPTS:
+                    raise
+                self._processes = []
+                shutil.rmtree(self.work_dir / "etcd-data", ignore_errors=True)
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            return self
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """SIGTERM every process still running, SIGKILL those that outlast ``stop_timeout``."""
