@@ -99,7 +99,20 @@ class WebhookProcess:
             *self.extra_args,
         ]
 
-    def start(self, ready_within: float = 60.0) -> "WebhookProcess":
+    def start(self, ready_within: float = 60.0, attempts: int = 3) -> "WebhookProcess":
+        """Start and wait until ready; on a port taken before ours bound it, retry on new ones."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(ready_within)
+            except RuntimeError as error:
+                if "address already in use" not in str(error) or attempt + 1 == attempts:
+                    raise
+                self.stop()
+                self.port, self.health_port = free_port(), free_port()
+                self.log_path = self.workdir / f"webhook-{self.port}.log"
+        raise AssertionError("unreachable")
+
+    def _start_once(self, ready_within: float) -> "WebhookProcess":
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
