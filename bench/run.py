@@ -123,6 +123,7 @@ def measure(
     counted = [hit for hit in hits if hit.at_ns >= start]
     summary = harness.summarize(counted, rate, duration)
     summary["cpu_us_per_request"] = round(used * 1e6 / len(hits)) if hits else None
+    summary["requests_sent"] = len(hits)  # warm-up included
     summary["loadavg"] = harness.loadavg()
     return summary, counted
 
@@ -194,6 +195,7 @@ def warm(ctx: Context) -> dict[str, Any]:
                                 {"server": name, "rate": rate, "rep": rep, "skipped": True}
                             )
                             continue
+                        ctx.settle()  # so late calls of the previous server are not counted
                         calls_before = stub.calls()
                         summary, _ = measure(pid, targets[name], rate, ctx=ctx, duration=duration)
                         summary["ecr_calls"] = stub.calls() - calls_before
@@ -301,11 +303,7 @@ def cold(ctx: Context) -> dict[str, Any]:
             )
             summary, _ = measure(ours.pid, targets, rate, ctx=ctx, duration=duration)
             calls = stub.calls()
-            summary |= {
-                "ecr_latency_ms": latency,
-                "ecr_calls": calls,
-                "requests_all": count,
-            }
+            summary |= {"ecr_latency_ms": latency, "ecr_calls": calls}
             results["runs"].append(summary)
             log(f"cold ECR {latency} ms: {brief(summary)}; {calls} ECR calls")
     return results
