@@ -51,7 +51,6 @@ spent; an attempt already running is bounded by the connect and read timeouts.
 import dataclasses
 import hashlib
 import logging
-import random
 import re
 import threading
 import time
@@ -62,7 +61,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from webhook import errors, metrics, references, resolutions
+from webhook import errors, metrics, references, resolutions, retries
 
 if TYPE_CHECKING:
     from types_boto3_ecr.client import ECRClient
@@ -118,11 +117,6 @@ _ECR_REPOSITORY_NAME: Final = re.compile(
     r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
 )
 _ECR_REPOSITORY_NAME_LENGTH: Final = range(2, 257)
-
-_BACKOFF_BASE_SECONDS: Final = 0.05
-_BACKOFF_CAP_SECONDS: Final = 1.0
-_MIN_ATTEMPT_SECONDS: Final = 0.05
-"""No new attempt starts with less than this left of the budget: it could not finish."""
 
 _HASHES: Final = frozenset({"sha256", "sha384", "sha512"})
 
@@ -369,28 +363,14 @@ class EcrClient:
                 metrics.REGISTRY_CALLS.labels(operation, "ok").inc()
                 return result
 
-            delay = _backoff(attempt)
-            if budget_end - time.monotonic() - delay < _MIN_ATTEMPT_SECONDS:
-                logger.warning(
-                    "ECR call gave up: no time left for another attempt",
-                    extra=context | {"attempts": attempt, "problem": problem},
-                )
-                raise errors.RegistryError(
-                    f"ECR {operation} failed {attempt} time(s) within its time budget;"
-                    f" last: {problem}"
-                )
-            logger.info(
-                "ECR call will be retried",
-                extra=context | {"attempt": attempt, "problem": problem, "delay": delay},
+            retries.pause_or_give_up(
+                what=f"ECR {operation}",
+                attempt=attempt,
+                problem=problem,
+                budget_end=budget_end,
+                logger=logger,
+                context=context,
             )
-            time.sleep(delay)
-
-
-def _backoff(attempt: int) -> float:
-    """Full jitter: a uniform pause up to an exponentially growing, capped ceiling."""
-    return random.uniform(
-        0.0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
-    )
 
 
 def _ecr_registry(repository: resolutions.Repository) -> references.EcrRegistry:

@@ -53,7 +53,6 @@ import hashlib
 import http.client
 import json
 import logging
-import random
 import re
 import ssl
 import threading
@@ -62,7 +61,7 @@ import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final
 
-from webhook import __version__, errors, metrics, references, resolutions
+from webhook import __version__, errors, metrics, references, resolutions, retries
 
 logger = logging.getLogger("digestguard.oci")
 
@@ -94,11 +93,6 @@ _MAX_TOKENS: Final = 10_000
 _MAX_TOKEN_RESPONSE_BYTES: Final = 1024 * 1024
 _IDLE_CONNECTION_SECONDS: Final = 30.0
 """An idle connection older than this is closed, not reused: the server may have dropped it."""
-
-_BACKOFF_BASE_SECONDS: Final = 0.05
-_BACKOFF_CAP_SECONDS: Final = 1.0
-_MIN_ATTEMPT_SECONDS: Final = 0.05
-"""No new attempt starts with less than this left of the budget: it could not finish."""
 
 # RFC 9110 `token`, `quoted-string` and `token68`, for WWW-Authenticate.
 _TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -434,21 +428,15 @@ class OciClient:
                 metrics.REGISTRY_CALLS.labels(GET_MANIFEST, "ok" if answered else "error").inc()
                 return response
 
-            delay = max(_backoff(attempt), retry_after or 0.0)
-            if budget_end - time.monotonic() - delay < _MIN_ATTEMPT_SECONDS:
-                logger.warning(
-                    "registry call gave up: no time left for another attempt",
-                    extra=context | {"attempts": attempt, "problem": problem},
-                )
-                raise errors.RegistryError(
-                    f"{GET_MANIFEST} failed {attempt} time(s) within its time budget;"
-                    f" last: {problem}"
-                )
-            logger.info(
-                "registry call will be retried",
-                extra=context | {"attempt": attempt, "problem": problem, "delay": delay},
+            retries.pause_or_give_up(
+                what=GET_MANIFEST,
+                attempt=attempt,
+                problem=problem,
+                budget_end=budget_end,
+                logger=logger,
+                context=context,
+                retry_after=retry_after or 0.0,
             )
-            time.sleep(delay)
 
     def _get_manifest(
         self, repository: resolutions.Repository, reference: str, budget_end: float
@@ -601,7 +589,7 @@ class OciClient:
                     connection.timeout = min(self._connect_timeout, time_left)
                     connection.connect()
                 read_timeout = min(self._read_timeout, budget_end - time.monotonic())
-                connection.sock.settimeout(max(read_timeout, _MIN_ATTEMPT_SECONDS))
+                connection.sock.settimeout(max(read_timeout, retries.MIN_ATTEMPT_SECONDS))
                 connection.request("GET", target, headers=headers)
                 answer = connection.getresponse()
                 body = answer.read(max_bytes + 1)
@@ -654,13 +642,6 @@ def _origin_of(url: str) -> _Origin | None:
     if split.scheme not in ("http", "https") or not split.netloc:
         return None
     return _Origin(split.scheme, split.netloc.lower())
-
-
-def _backoff(attempt: int) -> float:
-    """Full jitter: a uniform pause up to an exponentially growing, capped ceiling."""
-    return random.uniform(
-        0.0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
-    )
 
 
 def _unauthorized(
