@@ -31,6 +31,7 @@ from webhook import (
     resolutions,
     resolver,
     serving,
+    tlssecret,
 )
 
 logger = logging.getLogger("digestguard.cli")
@@ -255,11 +256,8 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
         answer_within=config.resolve_deadline + 1.0,
         max_body_bytes=config.max_body_bytes,
     )
-    tls = None
+    tls: tlssecret.SelfManagedTLS | None = None
     if config.tls_mode == "self-managed":
-        # Only this mode talks to Secrets and webhook configurations.
-        from webhook import tlssecret
-
         tls = tlssecret.SelfManagedTLS(
             namespace=config.namespace,
             secret_name=options.tls_secret_name,
