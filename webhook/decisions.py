@@ -16,6 +16,7 @@ Who does what (DESIGN.md, "Policies"):
 
 import dataclasses
 import enum
+import functools
 import json
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
@@ -52,7 +53,7 @@ class Subject:
     policies: tuple[policies.Policy, ...]
     max_stale_seconds: float
 
-    @property
+    @functools.cached_property
     def lookup(self) -> resolutions.Query | None:
         """The query whose outcome says whether the image exists (None: not a valid reference)."""
         ref = self.reference
@@ -60,7 +61,7 @@ class Subject:
             return None
         return resolutions.existence_query(ref)
 
-    @property
+    @functools.cached_property
     def tag_check(self) -> resolutions.Query | None:
         """For `repo:tag@digest`: the query telling whether the tag still points there."""
         ref = self.reference

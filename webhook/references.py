@@ -6,6 +6,7 @@ refused here gets a message saying which part is wrong.
 """
 
 import dataclasses
+import functools
 import re
 from typing import Final, NewType
 
@@ -202,6 +203,7 @@ _PARTITION_OF_REGION_PREFIX: Final = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_ecr_host(host: str) -> EcrRegistry | None:
     """The ECR registry that `host` names, or None when it is not an ECR private registry."""
     match = _ECR_HOST.fullmatch(host.lower())
