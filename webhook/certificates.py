@@ -27,6 +27,7 @@ Choices, and why:
 import dataclasses
 import datetime
 import hashlib
+import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -158,7 +159,10 @@ def create_serving_cert(
     now: datetime.datetime,
     validity: datetime.timedelta = SERVING_VALIDITY,
 ) -> KeyPair:
-    """A TLS server certificate for `dns_names`, signed by `ca`, never outliving it."""
+    """A TLS server certificate for `dns_names`, signed by `ca`, never outliving it.
+
+    A name that is an IP address literal becomes an IP SAN: a client dialing an IP
+    (an apiserver calling a webhook URL such as https://127.0.0.1:8443) checks those."""
     if not dns_names:
         raise ValueError("a serving certificate needs at least one DNS name")
     ca_cert = _load_cert(ca.cert_pem)
@@ -179,7 +183,7 @@ def create_serving_cert(
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]),
+            x509.SubjectAlternativeName([_general_name(name) for name in dns_names]),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -419,6 +423,13 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:

@@ -17,7 +17,6 @@ import base64
 import contextlib
 import dataclasses
 import datetime
-import ipaddress
 import json
 import re
 import subprocess
@@ -28,10 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client
 
 from webhook import certificates, names
@@ -80,44 +75,18 @@ class LoopbackTLS:
 
 
 def loopback_tls(directory: Path) -> LoopbackTLS:
-    """A CA (made by the product's certificate module) and a serving certificate for
-    127.0.0.1 and localhost. The product issues for Service DNS names only; the
-    apiserver checks an IP address in a URL against IP SANs, hence the leaf here."""
+    """A CA and a serving certificate for 127.0.0.1 and localhost, made by the product's
+    certificate module: the apiserver checks the IP of a webhook URL against IP SANs."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca = certificates.create_ca("digestguard-loopback-ca", now)
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    serving = certificates.create_serving_cert(
+        ca, ["127.0.0.1", "localhost"], now, datetime.timedelta(days=2)
     )
     tls = LoopbackTLS(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
     tls.ca_file.write_bytes(ca.cert_pem)
-    tls.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tls.key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    tls.cert_file.write_bytes(serving.cert_pem)
+    tls.key_file.write_bytes(serving.key_pem)
     tls.key_file.chmod(0o600)
     return tls
 

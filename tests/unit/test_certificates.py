@@ -386,3 +386,15 @@ def test_validity_that_cannot_work_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="must"):
         certificates.Validity(ca=ca, serving=serving, renew_before=renew_before)
+
+
+def test_an_ip_address_name_becomes_an_ip_san() -> None:
+    ca = certificates.create_ca("test CA", NOW)
+    serving = certificates.create_serving_cert(ca, ["127.0.0.1", "localhost"], NOW)
+    sans = (
+        x509.load_pem_x509_certificate(serving.cert_pem)
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
