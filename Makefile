@@ -2,7 +2,8 @@
 # live in a cache outside the checkout, so a second run starts in seconds.
 CACHE ?= $(or $(DIGESTGUARD_CACHE),$(HOME)/.cache/digestguard)
 PYTHON ?= python3
-VENV ?= $(CACHE)/venv-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Keyed by the dependency tables only: a lint-config edit must not rebuild the venv.
+VENV ?= $(CACHE)/venv-$(shell sed -n '/^\[project\]/,/^\[project.scripts\]/p' pyproject.toml | sha256sum | cut -c1-12)
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
@@ -10,7 +11,7 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
-# The venv's name carries pyproject.toml's hash, so a changed pyproject gets a new one.
+# The venv's name carries the dependencies' hash, so changed dependencies get a new one.
 $(VENV)/.installed:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
