@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import os
 import re
 import subprocess
@@ -20,7 +21,17 @@ import pytest
 import yaml
 
 from tests.support import controlplane
-from webhook import certificates, cli, durations, errors, names, policies, selectors, serving
+from webhook import (
+    certificates,
+    cli,
+    durations,
+    errors,
+    names,
+    oci,
+    policies,
+    selectors,
+    serving,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "digestguard"
@@ -596,6 +607,53 @@ def test_existing_secret_is_mounted_and_its_ca_bundle_set(helm: Path) -> None:
 
 
 # --------------------------------------------------------------------------
+# Registries other than ECR
+# --------------------------------------------------------------------------
+
+
+def test_no_registry_options_by_default(defaults: Rendered) -> None:
+    assert "insecure-registries" not in defaults.flags
+    assert "registry-ca-file" not in defaults.flags
+    assert "ConfigMap" not in defaults.kinds()
+    assert "annotations" not in defaults.one("Deployment")["spec"]["template"]["metadata"]
+
+
+def test_registry_options_reach_the_registry_client(helm: Path, tmp_path: Path) -> None:
+    rendered = render(helm, "private-registries.yaml")
+    values = yaml.safe_load((VALUES_DIR / "private-registries.yaml").read_text())
+    flags = rendered.flags
+    assert flags["insecure-registries"].split(",") == values["registries"]["insecure"]
+
+    # The CA file the flag names is the ConfigMap's key, mounted read-only.
+    ca_file = Path(flags["registry-ca-file"])
+    mount = next(m for m in rendered.container["volumeMounts"] if m["name"] == "registry-ca")
+    assert ca_file.parent == Path(mount["mountPath"]) and mount["readOnly"] is True
+    volume = next(v for v in rendered.pod_spec["volumes"] if v["name"] == "registry-ca")
+    config_map = rendered.one("ConfigMap")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    bundle = config_map["data"][ca_file.name]
+    assert bundle.strip() == values["registries"]["caBundle"].strip()
+
+    # What the pod would see is what the webhook's registry client accepts.
+    (tmp_path / ca_file.name).write_text(bundle)
+    oci.OciClient(
+        insecure_registries=flags["insecure-registries"].split(","),
+        ca_file=str(tmp_path / ca_file.name),
+    )
+
+
+def test_a_new_registry_ca_rolls_the_pods(helm: Path) -> None:
+    # The webhook reads the bundle once, at start: the pod template carries its hash.
+    template = render(helm, "private-registries.yaml").one("Deployment")["spec"]["template"]
+    values = yaml.safe_load((VALUES_DIR / "private-registries.yaml").read_text())
+    bundle = values["registries"]["caBundle"].encode()
+    assert template["metadata"]["annotations"] == {
+        "example.com/team": "platform",
+        "checksum/registry-ca": hashlib.sha256(bundle).hexdigest(),
+    }
+
+
+# --------------------------------------------------------------------------
 # Policies and the CRD
 # --------------------------------------------------------------------------
 
@@ -760,6 +818,7 @@ def test_helm_test_pod_checks_readiness_through_the_service(defaults: Rendered) 
         ("defaultPolicy.spec.maxStale=10d", "maxStale"),
         ("replicaCount=0", "replicaCount"),
         ("image.digest=latest", "image/digest"),
+        ("registries.insecure={http://registry.local/}", "registries/insecure/0"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_clear_message(
@@ -788,6 +847,7 @@ def test_schema_rejects_bad_values_with_a_clear_message(
         (["resolver.deadline=9500ms"], "must exceed resolver.deadline (9500ms) plus 1s"),
         (["containerPorts.health=8443"], "containerPorts.webhook and containerPorts.health"),
         (["serviceAccount.create=false"], "serviceAccount.name is required"),
+        (["registries.caBundle=ca.pem"], "registries.caBundle must be PEM"),
     ],
 )  # fmt: skip
 def test_combinations_that_cannot_work_fail_at_render_time(

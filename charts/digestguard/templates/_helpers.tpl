@@ -78,6 +78,11 @@ app.kubernetes.io/part-of: digestguard
 {{/* Where a mounted certificate (certManager, existingSecret) lives in the container. */}}
 {{- define "digestguard.tlsMountPath" -}}/etc/digestguard/tls{{- end -}}
 {{- define "digestguard.selfManagedTlsDir" -}}/tmp/tls{{- end -}}
+{{/* Where the registries' CA bundle (registries.caBundle) is mounted, and its ConfigMap. */}}
+{{- define "digestguard.registryCaMountPath" -}}/etc/digestguard/registry-ca{{- end -}}
+{{- define "digestguard.registryCaConfigMapName" -}}
+{{- printf "%s-registry-ca" (include "digestguard.fullname" .) -}}
+{{- end -}}
 
 {{/*
 The admission handlers. Each id is both the kopf handler id and the URL path of its
@@ -199,6 +204,11 @@ matchExpressions:
 {{- if eq (int .Values.containerPorts.webhook) (int .Values.containerPorts.health) -}}
 {{- fail "containerPorts.webhook and containerPorts.health must differ" -}}
 {{- end -}}
+{{- with .Values.registries.caBundle -}}
+{{- if not (hasPrefix "-----BEGIN CERTIFICATE-----" (trim .)) -}}
+{{- fail "registries.caBundle must be PEM (-----BEGIN CERTIFICATE-----…), not base64 or a file name: use --set-file registries.caBundle=ca.pem" -}}
+{{- end -}}
+{{- end -}}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) -}}
 {{- fail "serviceAccount.name is required when serviceAccount.create is false" -}}
 {{- end -}}
@@ -226,6 +236,12 @@ matchExpressions:
 - --mutability-cache-ttl={{ .Values.resolver.mutabilityCacheTTL }}
 - --cache-max-entries={{ int64 .Values.resolver.cacheMaxEntries }}
 - --registry-workers={{ int64 .Values.resolver.registryWorkers }}
+{{- with .Values.registries.insecure }}
+- --insecure-registries={{ join "," . }}
+{{- end }}
+{{- if .Values.registries.caBundle }}
+- --registry-ca-file={{ include "digestguard.registryCaMountPath" . }}/ca.crt
+{{- end }}
 - --log-level={{ .Values.logLevel }}
 {{- with .Values.extraArgs }}
 {{ toYaml . }}
