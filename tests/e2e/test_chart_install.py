@@ -25,7 +25,10 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client, config, watch
 
+from tests.support import cluster, oci_registry
 from tests.support.controlplane import ControlPlane
+from tests.support.deployed import DeployedContainer
+from tests.support.webhook_process import free_port
 from webhook import certificates, names, tlssecret
 
 pytestmark = pytest.mark.e2e
@@ -440,10 +443,10 @@ def release(control_plane: ControlPlane, helm_binary: Path, api: Any) -> Iterato
         client.CoreV1Api(api).delete_namespace(installed.namespace)
 
 
-def service_account_client(
-    plane: ControlPlane, api: Any, namespace: str, account: str, tmp_path: Path
-) -> Any:
-    """An ApiClient that authenticates as the ServiceAccount, with a fresh token."""
+def service_account_kubeconfig(
+    plane: ControlPlane, api: Any, namespace: str, account: str, directory: Path
+) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount, with a fresh token."""
     token = raw(
         client.CoreV1Api(api).create_namespaced_service_account_token,
         account,
@@ -452,37 +455,45 @@ def service_account_client(
     )["status"]["token"]
     kubeconfig = json.loads(plane.kubeconfig_path.read_text())
     kubeconfig["users"][0]["user"] = {"token": token}
-    path = tmp_path / f"{account}.kubeconfig"
+    path = directory / f"{account}.kubeconfig"
     path.write_text(json.dumps(kubeconfig))
+    return path
+
+
+def service_account_client(
+    plane: ControlPlane, api: Any, namespace: str, account: str, tmp_path: Path
+) -> Any:
+    """An ApiClient that authenticates as the ServiceAccount, with a fresh token."""
+    path = service_account_kubeconfig(plane, api, namespace, account, tmp_path)
     return config.new_client_from_config(config_file=str(path))
 
 
 def deployed_replica(
-    plane: ControlPlane, api: Any, release: Release, tls_dir: Path, tmp_path: Path
+    plane: ControlPlane, api: Any, release: Release, root: Path, tmp_path: Path
 ) -> tuple[tlssecret.SelfManagedTLS, Any]:
     """The TLS bootstrap as the installed Deployment would run it, and its client."""
     deployment = raw(
         client.AppsV1Api(api).read_namespaced_deployment, release.fullname, release.namespace
     )
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["command"] == ["digestguard", "serve"]
-    flags = dict(arg[2:].split("=", 1) for arg in container["args"])
-    env = {item["name"]: item for item in container["env"]}
-    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    container = DeployedContainer(
+        api=api, deployment=deployment, pod_name=root.name, root=root, stand_ins={}
+    )
+    assert container.container["command"] == ["digestguard", "serve"]
+    assert container.environment()["POD_NAMESPACE"] == release.namespace
+    flags = container.flags
     assert flags["tls-mode"] == "self-managed"
     sa_client = service_account_client(
-        plane, api, release.namespace, pod["serviceAccountName"], tmp_path
+        plane, api, release.namespace, container.pod_spec["serviceAccountName"], tmp_path
     )
     tls = tlssecret.SelfManagedTLS(
-        namespace=deployment["metadata"]["namespace"],
+        namespace=container.namespace,
         secret_name=flags["tls-secret-name"],
         service_name=flags["service-name"],
         webhook_configurations=tlssecret.WebhookConfigurations(
             mutating=flags["mutating-webhook-configuration"],
             validating=flags["validating-webhook-configuration"],
         ),
-        tls_dir=tls_dir,  # the container writes to --tls-dir; here a temporary one
+        tls_dir=Path(container.host_path(flags["tls-dir"])),
         settle=0,
         api_client=sa_client,
     )
@@ -561,6 +572,131 @@ def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(
     upgraded = raw(admission.read_validating_webhook_configuration, release.fullname)
     assert {webhook["timeoutSeconds"] for webhook in upgraded["webhooks"]} == {12}
     assert first.reconcile() is False
+
+
+# --------------------------------------------------------------------------
+# The installed Deployment, run as written
+# --------------------------------------------------------------------------
+
+
+def serve_from_this_machine(api: Any, release: Release) -> None:
+    """Route the chart's Service to this machine, as kube-proxy routes it to a pod.
+
+    The apiserver calls a webhook Service at its ClusterIP; with no pod network here, an
+    ExternalName Service makes it dial 127.0.0.1 (at the webhook configuration's port)
+    instead. Everything else is the chart's: the configurations' Service reference and
+    path, and the TLS check of the certificate for `<service>.<namespace>.svc` against
+    the caBundle the webhook publishes.
+    """
+    client.CoreV1Api(api).patch_namespaced_service(
+        release.fullname,
+        release.namespace,
+        {"spec": {"type": "ExternalName", "externalName": "127.0.0.1", "clusterIP": None}},
+    )
+
+
+def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing_image(
+    control_plane: ControlPlane, api: Any, release: Release, ecr: Any, tmp_path: Path
+) -> None:
+    with (
+        oci_registry.running_registry(secured=True) as private_ca,
+        oci_registry.running_registry() as plain_http,
+    ):
+        # The Service port is the container port: the apiserver dials it directly.
+        port, health_port = free_port(), free_port()
+        release.install(
+            *("--set", f"service.port={port}", "--set", f"containerPorts.webhook={port}"),
+            *("--set", f"containerPorts.health={health_port}", "--set", "aws.region=us-east-1"),
+            *("--set-file", f"registries.caBundle={private_ca.ca_file}"),
+            *("--set", f"registries.insecure={{{plain_http.host}}}"),
+        )
+        serve_from_this_machine(api, release)
+        deployment = raw(
+            client.AppsV1Api(api).read_namespaced_deployment, release.fullname, release.namespace
+        )
+        account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        kubeconfig = service_account_kubeconfig(
+            control_plane, api, release.namespace, account, tmp_path
+        )
+        webhook = DeployedContainer(
+            api=api,
+            deployment=deployment,
+            pod_name=f"{release.fullname}-0",
+            root=tmp_path / "pod",
+            stand_ins={
+                "KUBECONFIG": str(kubeconfig),
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "DIGESTGUARD_ECR_ENDPOINT_URL": ecr.url,
+            },
+        )
+        assert webhook.flags["tls-mode"] == "self-managed"
+        assert webhook.flags["insecure-registries"] == plain_http.host
+        assert webhook.environment()["POD_NAMESPACE"] == release.namespace
+        assert "KUBECONFIG" not in {item["name"] for item in webhook.container["env"]}
+
+        with webhook:
+            # Ready means: its own CA and certificate made and published with the chart's
+            # RBAC, and the chart's default policy loaded and reported on.
+            material = stored(api, release.namespace, f"{release.fullname}-tls")
+            configurations = chart_configurations(release)
+            counts = len(names.MUTATING_HANDLERS) + len(names.VALIDATING_HANDLERS)
+            assert published_bundles(api, configurations) == [material.bundle_pem] * counts
+            default_policy = f"{release.fullname}-ecr"
+            assert cluster.wait_for_policy(api, default_policy)["status"] == "True"
+
+            namespace = unique("deployed")
+            cluster.create_namespace(api, namespace, release.scope)
+            other_registries = f"{release.fullname}-registries"
+            cluster.apply_policy(
+                api,
+                other_registries,
+                {
+                    "images": [f"{private_ca.host}/**", f"{plain_http.host}/**"],
+                    "namespaceSelector": {"matchLabels": release.scope},
+                },
+            )
+            try:
+                core = client.CoreV1Api(api)
+                repository = unique("deployed/app")
+                digest = ecr.push(repository, "v1")
+                private_digest = private_ca.push_image("team/app", "v1", seed=namespace)
+                plain_digest = plain_http.push_image("tools/app", "v1", seed=namespace)
+
+                pinned = cluster.call(
+                    core.create_namespaced_pod,
+                    namespace,
+                    cluster.pod(
+                        "pinned",
+                        ecr.image(repository, "v1"),
+                        private_ca.image("team/app", "v1"),
+                        plain_http.image("tools/app", "v1"),
+                    ),
+                )
+                assert pinned.status == 201, pinned.message
+                assert list(cluster.images_of(pinned.body).values()) == [
+                    ecr.image(repository, "v1", digest),
+                    private_ca.image("team/app", "v1", private_digest),
+                    plain_http.image("tools/app", "v1", plain_digest),
+                ]
+
+                missing = ecr.image(repository, "v2")
+                refused = cluster.call(
+                    core.create_namespaced_pod, namespace, cluster.pod("missing", missing)
+                )
+                assert refused.status == 403, refused.message
+                assert 'webhook "mutate-pods.digestguard.io" denied' in refused.message
+                assert repr(missing) in refused.message
+                assert names.REASON_IMAGE_MISSING in refused.message
+                assert f"DigestPolicy {default_policy}" in refused.message
+            finally:
+                cluster.delete_policy(api, other_registries)
+                cluster.delete_namespace(api, namespace)
+
+        # SIGTERM, as the kubelet stops a pod: drained, and a clean exit.
+        assert webhook.process is not None
+        assert webhook.process.returncode == 0, webhook.log_tail()
 
 
 def _deletions(

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,7 +36,112 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class WebhookProcess:
+class ServeProcess:
+    """A `digestguard serve` process: started, waited on until /readyz answers, stopped.
+
+    Subclasses say how it is started: `command()` and `environment()`.
+    """
+
+    def __init__(self, *, workdir: Path, port: int, health_port: int, cwd: Path) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.health_port = health_port
+        self.cwd = cwd
+        self.log_path = workdir / f"webhook-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def url(self, handler_id: str) -> str:
+        return f"{self.base_url}/{handler_id}"
+
+    def _start_once(self, ready_within: float) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                cwd=self.cwd,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the webhook exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if self.ready():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the webhook was not ready within {ready_within}s:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
+            ) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def metric(self, sample: str, **labels: str) -> float:
+        """The sum of the samples named `sample` (e.g. `digestguard_registry_calls_total`)
+        whose labels include `labels`; 0 when there is none yet."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics()):
+            for found in family.samples:
+                if found.name == sample and all(
+                    found.labels.get(key) == value for key, value in labels.items()
+                ):
+                    total += found.value
+        return total
+
+    def start(self, ready_within: float = 60.0) -> Self:
+        return self._start_once(ready_within)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self, sig: int = signal.SIGTERM, within: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+            return None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class WebhookProcess(ServeProcess):
+    """`python -m webhook serve` with files TLS and an ECR endpoint, on free loopback ports."""
+
     def __init__(
         self,
         *,
@@ -49,26 +155,15 @@ class WebhookProcess:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
+        super().__init__(workdir=workdir, port=free_port(), health_port=free_port(), cwd=REPO_ROOT)
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.workdir = workdir
         self.ecr_endpoint_url = ecr_endpoint_url
         self.certfile = certfile
         self.keyfile = keyfile
         self.cafile = cafile
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
-        self.port = free_port()
-        self.health_port = free_port()
-        self.log_path = workdir / f"webhook-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def url(self, handler_id: str) -> str:
-        return f"{self.base_url}/{handler_id}"
 
     def command(self) -> list[str]:
         return [
@@ -99,7 +194,7 @@ class WebhookProcess:
             *self.extra_args,
         ]
 
-    def start(self, ready_within: float = 60.0, attempts: int = 3) -> "WebhookProcess":
+    def start(self, ready_within: float = 60.0, attempts: int = 3) -> Self:
         """Start and wait until ready; on a port taken before ours bound it, retry on new ones."""
         for attempt in range(attempts):
             try:
@@ -112,8 +207,8 @@ class WebhookProcess:
                 self.log_path = self.workdir / f"webhook-{self.port}.log"
         raise AssertionError("unreachable")
 
-    def _start_once(self, ready_within: float) -> "WebhookProcess":
-        env = {
+    def environment(self) -> dict[str, str]:
+        return {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "AWS_ACCESS_KEY_ID": "testing",
@@ -123,76 +218,9 @@ class WebhookProcess:
             "PYTHONPATH": str(REPO_ROOT),
             **self.env,
         }
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO_ROOT,
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + ready_within
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the webhook exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            if self.ready():
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the webhook was not ready within {ready_within}s:\n{self.log_tail()}")
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
-            ) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cafile))
 
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
-    def metric(self, sample: str, **labels: str) -> float:
-        """The sum of the samples named `sample` (e.g. `digestguard_registry_calls_total`)
-        whose labels include `labels`; 0 when there is none yet."""
-        total = 0.0
-        for family in text_string_to_metric_families(self.metrics()):
-            for found in family.samples:
-                if found.name == sample and all(
-                    found.labels.get(key) == value for key, value in labels.items()
-                ):
-                    total += found.value
-        return total
-
-    def __enter__(self) -> "WebhookProcess":
+    def __enter__(self) -> Self:
         return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def stop(self, sig: int = signal.SIGTERM, within: float = 15.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(within)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(5)
-            return None
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
