@@ -18,9 +18,10 @@ $(VENV)/.installed:
 	$(BIN)/pip install --quiet -e '.[test,lint]'
 	touch $@
 
-# The editable install points at one checkout; re-point it at this one (cheap).
+# The editable install points at one checkout; re-point it at this one (cheap). Its
+# build warnings go to a log, shown only if it fails.
 relink: venv
-	@$(BIN)/pip install --quiet --no-deps -e . >/dev/null
+	@$(BIN)/pip install --quiet --no-deps -e . >$(VENV)/relink.log 2>&1 || { cat $(VENV)/relink.log; exit 1; }
 
 assets:
 	@hack/envtest-assets.sh >/dev/null
