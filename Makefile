@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV ?= $(CACHE)/venv-$(shell sed -n '/^\[project\]/,/^\[project.scripts\]/p' pyproject.toml | sha256sum | cut -c1-12)
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+IMAGE_ARGS ?=
 
-.PHONY: venv relink assets test lint demo clean-venv
+.PHONY: venv relink assets test lint demo image clean-venv
 
 venv: $(VENV)/.installed
 
@@ -35,6 +36,11 @@ lint: relink
 	$(BIN)/ruff format --check webhook tests hack bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+## The webhook's container image as an OCI image layout, without a container engine
+## (needs mmdebstrap; the last line printed is <layout>@<digest>).
+image: relink
+	$(BIN)/python hack/image.py $(IMAGE_ARGS)
 
 ## A local cluster, an ECR emulator and the webhook, to try by hand until Ctrl-C.
 demo: relink assets
