@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import controlplane
+from tests.support import cluster, controlplane
 from webhook import (
     certificates,
     cli,
@@ -38,6 +38,7 @@ CHART = ROOT / "charts" / "digestguard"
 CRD_FILE = CHART / "crds" / "digestpolicies.digestguard.io.yaml"
 VALUES_DIR = Path(__file__).resolve().parent / "chart-values"
 VALUES_FILES = sorted(path.name for path in VALUES_DIR.glob("*.yaml"))
+IMAGE_VALUES = cluster.IMAGE_VALUES
 RELEASE = "dg"
 NAMESPACE = "guard-system"
 FULLNAME = "dg-digestguard"
@@ -112,9 +113,20 @@ def _annotations(doc: dict[str, Any]) -> dict[str, str]:
     return dict((doc.get("metadata") or {}).get("annotations") or {})
 
 
-def _helm_template(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _helm_template(helm: Path, *args: str, image: bool = True) -> subprocess.CompletedProcess[str]:
+    """`helm template` with `args` after the image repository (unless `image` is false)."""
+    image_values = ["--values", str(IMAGE_VALUES)] if image else []
     return subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
+        [
+            str(helm),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            *image_values,
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -138,9 +150,9 @@ def render(helm: Path, values_file: str | None = None, *sets: str) -> Rendered:
     return _render_cached(helm, tuple(args))
 
 
-def refusal(helm: Path, *args: str) -> str:
+def refusal(helm: Path, *args: str, image: bool = True) -> str:
     """What Helm says when it refuses to render with `args`."""
-    result = _helm_template(helm, *args)
+    result = _helm_template(helm, *args, image=image)
     assert result.returncode != 0, f"helm template {' '.join(args)} was accepted"
     return result.stderr
 
@@ -158,7 +170,13 @@ def defaults(helm: Path) -> Rendered:
 @pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_chart_lints_cleanly(helm: Path, values_file: str) -> None:
     result = subprocess.run(
-        [str(helm), "lint", "--strict", str(CHART), "--values", str(VALUES_DIR / values_file)],
+        [
+            str(helm),
+            "lint",
+            "--strict",
+            str(CHART),
+            *("--values", str(IMAGE_VALUES), "--values", str(VALUES_DIR / values_file)),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -627,7 +645,8 @@ def test_registry_options_reach_the_registry_client(helm: Path, tmp_path: Path) 
     # The CA file the flag names is the ConfigMap's key, mounted read-only.
     ca_file = Path(flags["registry-ca-file"])
     mount = next(m for m in rendered.container["volumeMounts"] if m["name"] == "registry-ca")
-    assert ca_file.parent == Path(mount["mountPath"]) and mount["readOnly"] is True
+    assert ca_file.parent == Path(mount["mountPath"])
+    assert mount["readOnly"] is True
     volume = next(v for v in rendered.pod_spec["volumes"] if v["name"] == "registry-ca")
     config_map = rendered.one("ConfigMap")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
@@ -855,6 +874,16 @@ def test_combinations_that_cannot_work_fail_at_render_time(
 ) -> None:
     args = [arg for assignment in assignments for arg in ("--set", assignment)]
     assert message in refusal(helm, *args)
+
+
+def test_the_image_must_be_named_since_none_is_published(helm: Path) -> None:
+    message = refusal(helm, image=False)
+    assert "image.repository is required" in message
+    assert "make image" in message
+    rendered = render(helm, None, "image.tag=1.2.3")
+    assert rendered.container["image"] == (
+        "111122223333.dkr.ecr.us-east-1.amazonaws.com/digestguard:1.2.3"
+    )
 
 
 def test_every_value_is_documented_where_it_is_declared() -> None:

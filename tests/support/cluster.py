@@ -35,6 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "digestguard"
 CRD_FILE = CHART / "crds" / "digestpolicies.digestguard.io.yaml"
 WEBHOOK_TEMPLATE = "templates/webhookconfigurations.yaml"
+# The one chart value without a default (no image is published), for every render and install.
+IMAGE_VALUES = Path(__file__).resolve().parent / "chart-image.yaml"
 DEFAULT_POLICY_TEMPLATE = "templates/defaultpolicy.yaml"
 
 SCOPE_LABEL = "e2e.digestguard.io/webhook"
@@ -117,6 +119,8 @@ def render_chart(
                 str(CHART),
                 "--namespace",
                 namespace,
+                "--values",
+                str(IMAGE_VALUES),
                 "--values",
                 values_file.name,
                 *only,

@@ -185,6 +185,9 @@ matchExpressions:
 
 {{/* Combinations the schema cannot express; each fails with the reason. */}}
 {{- define "digestguard.validate" -}}
+{{- if not .Values.image.repository -}}
+{{- fail "image.repository is required: no digestguard image is published. Build it with `make image` in the digestguard repository, copy it to a registry your nodes pull from (e.g. ECR) and set image.repository (and image.digest). With no replica running, the apiserver rejects every pod these webhooks see (failurePolicy Fail)" -}}
+{{- end -}}
 {{- $tls := .Values.tls -}}
 {{- if and (eq $tls.mode "certManager") (not $tls.certManager.createIssuer) (not $tls.certManager.issuerRef.name) -}}
 {{- fail "tls.mode=certManager needs an issuer: set tls.certManager.createIssuer=true, or tls.certManager.issuerRef.name to an existing Issuer/ClusterIssuer" -}}
