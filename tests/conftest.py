@@ -43,7 +43,13 @@ def _skip_or_fail(reason: str) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for reason in sorted(_skip_reasons):
+    """Every skip for a missing peer (control plane, registry, image) as a red banner."""
+    reasons = set(_skip_reasons)
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        if isinstance(longrepr, tuple) and " SKIPPED: " in f" {longrepr[2]}":
+            reasons.add(str(longrepr[2]).removeprefix("Skipped: "))
+    for reason in sorted(reasons):
         terminalreporter.write_sep("!", reason, red=True, bold=True)
 
 

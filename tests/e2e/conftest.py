@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support import cluster, ecr_emulator
+from tests.support import cluster, ecr_emulator, image
 from tests.support.controlplane import ControlPlane
 
 if TYPE_CHECKING:
@@ -159,3 +159,19 @@ def make_policy(kube: Any) -> Iterator[Any]:
     yield make
     for name in created:
         cluster.delete_policy(kube, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookImage:
+    """The image built from this checkout, and its layers unpacked into a root filesystem."""
+
+    layout: image.Layout
+    rootfs: Path
+
+
+@pytest.fixture(scope="session")
+def webhook_image(tmp_path_factory: pytest.TempPathFactory) -> WebhookImage:
+    image.skip_unless_runnable()
+    layout = image.build(tmp_path_factory.mktemp("image") / "oci")
+    rootfs = image.unpack(layout, tmp_path_factory.mktemp("image-rootfs") / "rootfs")
+    return WebhookImage(layout, rootfs)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client, config, watch
 
-from tests.support import cluster, oci_registry
+from tests.support import cluster, image, oci_registry
 from tests.support.controlplane import ControlPlane
 from tests.support.deployed import DeployedContainer
 from tests.support.webhook_process import free_port
@@ -402,6 +402,8 @@ class Release:
     def scoped_values(self) -> list[str]:
         (key, value), = self.scope.items()  # fmt: skip
         return [
+            "--values",
+            str(cluster.IMAGE_VALUES),
             "--set-string",
             f"webhook.namespaceSelector.matchLabels.{key}={value}",
             "--set-string",
@@ -443,21 +445,39 @@ def release(control_plane: ControlPlane, helm_binary: Path, api: Any) -> Iterato
         client.CoreV1Api(api).delete_namespace(installed.namespace)
 
 
-def service_account_kubeconfig(
-    plane: ControlPlane, api: Any, namespace: str, account: str, directory: Path
-) -> Path:
-    """A kubeconfig that authenticates as the ServiceAccount, with a fresh token."""
-    token = raw(
+def service_account_token(api: Any, namespace: str, account: str) -> str:
+    """A fresh token of the ServiceAccount, as the kubelet would project it."""
+    token: str = raw(
         client.CoreV1Api(api).create_namespaced_service_account_token,
         account,
         namespace,
         {"spec": {"expirationSeconds": 3600}},
     )["status"]["token"]
+    return token
+
+
+def service_account_kubeconfig(
+    plane: ControlPlane, api: Any, namespace: str, account: str, directory: Path
+) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount, with a fresh token."""
     kubeconfig = json.loads(plane.kubeconfig_path.read_text())
-    kubeconfig["users"][0]["user"] = {"token": token}
+    kubeconfig["users"][0]["user"] = {"token": service_account_token(api, namespace, account)}
     path = directory / f"{account}.kubeconfig"
     path.write_text(json.dumps(kubeconfig))
     return path
+
+
+def service_account_mount(
+    plane: ControlPlane, api: Any, namespace: str, account: str, directory: Path
+) -> Path:
+    """What the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount."""
+    directory.mkdir(parents=True)
+    (directory / "token").write_text(service_account_token(api, namespace, account))
+    (directory / "ca.crt").write_bytes(plane.ca_path.read_bytes())
+    (directory / "namespace").write_text(namespace)
+    for entry in directory.iterdir():
+        entry.chmod(0o644)
+    return directory
 
 
 def service_account_client(
@@ -595,9 +615,43 @@ def serve_from_this_machine(api: Any, release: Release) -> None:
     )
 
 
+def assert_confined_as_the_pod_says(webhook: DeployedContainer, deployment: Any) -> None:
+    """The running process has the pod's user, no privileges and a read-only root."""
+    assert webhook.process is not None
+    proc = Path(f"/proc/{webhook.process.pid}")
+    status = dict(
+        line.split(":\t", 1) for line in (proc / "status").read_text().splitlines() if ":\t" in line
+    )
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    user, group = pod_security["runAsUser"], pod_security["runAsGroup"]
+    assert status["Uid"].split() == [str(user)] * 4
+    assert status["Gid"].split() == [str(group)] * 4
+    assert status["NoNewPrivs"].strip() == "1"
+    assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0
+    # In its own mount table (paths as it sees them): / read-only, /tmp a writable tmpfs.
+    mounts = {}
+    for line in (proc / "mountinfo").read_text().splitlines():
+        fields = line.split()
+        separator = fields.index("-")
+        mounts[fields[4]] = (fields[5].split(","), fields[separator + 1])
+    assert "ro" in mounts["/"][0]
+    assert mounts["/tmp"][1] == "tmpfs"
+    assert "rw" in mounts["/tmp"][0]
+
+
+@pytest.mark.parametrize("runtime", ["image", "virtualenv"])
 def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing_image(
-    control_plane: ControlPlane, api: Any, release: Release, ecr: Any, tmp_path: Path
+    control_plane: ControlPlane,
+    api: Any,
+    release: Release,
+    ecr: Any,
+    tmp_path: Path,
+    runtime: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """The Deployment's container, from the image built from this checkout (as a
+    container runtime would run it: tests.support.image) or from this virtualenv."""
+    webhook_image = request.getfixturevalue("webhook_image") if runtime == "image" else None
     with (
         oci_registry.running_registry(secured=True) as private_ca,
         oci_registry.running_registry() as plain_http,
@@ -615,21 +669,37 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
             client.AppsV1Api(api).read_namespaced_deployment, release.fullname, release.namespace
         )
         account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-        kubeconfig = service_account_kubeconfig(
-            control_plane, api, release.namespace, account, tmp_path
-        )
+        # What the cluster gives the pod: AWS credentials (IRSA), ECR (an emulator) and
+        # the ServiceAccount's token (where the kubelet mounts it, or as a kubeconfig).
+        stand_ins = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "DIGESTGUARD_ECR_ENDPOINT_URL": ecr.url,
+        }
+        extra_mounts = {}
+        if webhook_image is None:
+            stand_ins["KUBECONFIG"] = str(
+                service_account_kubeconfig(control_plane, api, release.namespace, account, tmp_path)
+            )
+        else:
+            stand_ins["KUBERNETES_SERVICE_HOST"] = "127.0.0.1"
+            stand_ins["KUBERNETES_SERVICE_PORT"] = str(control_plane.apiserver_port)
+            extra_mounts[image.SERVICE_ACCOUNT_DIR] = service_account_mount(
+                control_plane, api, release.namespace, account, tmp_path / "serviceaccount"
+            )
         webhook = DeployedContainer(
             api=api,
             deployment=deployment,
             pod_name=f"{release.fullname}-0",
             root=tmp_path / "pod",
-            stand_ins={
-                "KUBECONFIG": str(kubeconfig),
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "DIGESTGUARD_ECR_ENDPOINT_URL": ecr.url,
-            },
+            stand_ins=stand_ins,
+            image=(
+                None
+                if webhook_image is None
+                else (webhook_image.rootfs, webhook_image.layout.config)
+            ),
+            extra_mounts=extra_mounts,
         )
         assert webhook.flags["tls-mode"] == "self-managed"
         assert webhook.flags["insecure-registries"] == plain_http.host
@@ -637,6 +707,8 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
         assert "KUBECONFIG" not in {item["name"] for item in webhook.container["env"]}
 
         with webhook:
+            if webhook_image is not None:
+                assert_confined_as_the_pod_says(webhook, deployment)
             # Ready means: its own CA and certificate made and published with the chart's
             # RBAC, and the chart's default policy loaded and reported on.
             material = stored(api, release.namespace, f"{release.fullname}-tls")

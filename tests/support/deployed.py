@@ -2,18 +2,27 @@
 
 What the kubelet would do with the Deployment's pod template, done here:
 
-- the container's `command` and `args` verbatim; `digestguard`, the image's entry
-  point, is the console script this virtualenv installed from `pyproject.toml`;
+- the container's `command` and `args` verbatim;
 - the container's `env`, with downward-API fields resolved for the pod;
 - each volume a directory of its own (emptyDir empty, configMap filled from the
-  apiserver's ConfigMap), and paths inside a mount rewritten to that directory;
-- an environment holding only that (plus PATH and HOME), not the test runner's.
+  apiserver's ConfigMap);
+- an environment holding only that, not the test runner's.
 
-What a cluster hands a pod besides its manifest is passed in as `stand_ins`: the
-ServiceAccount's token (as a kubeconfig, where the pod would have the token mount),
-AWS credentials (where IRSA would have them), the ECR endpoint (an emulator).
-Anything in the manifest this cannot reproduce (a Secret volume, a resource-field
-reference, `$(VAR)` expansion) fails loudly rather than being skipped.
+Two ways to run it:
+
+- **from the image** (`image=`): the image built by `hack/image.py`, unpacked, run
+  in its own mount namespace as the pod's user with a read-only root, the volumes
+  mounted at their paths and the ServiceAccount token where the kubelet puts it
+  (`tests.support.image`);
+- **from this virtualenv** (no `image`): `digestguard` is the console script installed
+  from `pyproject.toml`, and paths inside a mount are rewritten to the volume's
+  directory; needs no root.
+
+What a cluster hands a pod besides its manifest is passed in: `stand_ins` (AWS
+credentials where IRSA would put them, the ECR endpoint of an emulator, and without
+an image a kubeconfig for the ServiceAccount) and `extra_mounts` (the token
+directory). Anything in the manifest this cannot reproduce (a Secret volume, a
+resource-field reference, `$(VAR)` expansion) fails loudly rather than being skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 
 from kubernetes import client
 
+from tests.support import image as images
 from tests.support.webhook_process import ServeProcess
 
 VIRTUALENV_BIN = Path(sys.executable).parent
@@ -46,12 +56,20 @@ class DeployedContainer(ServeProcess):
         pod_name: str,
         root: Path,
         stand_ins: Mapping[str, str],
+        image: tuple[Path, Mapping[str, Any]] | None = None,
+        extra_mounts: Mapping[str, Path] | None = None,
     ) -> None:
+        """`image` is (unpacked root filesystem, image config); `extra_mounts` maps
+        container paths to directories mounted read-only there (with an image only)."""
         self.namespace: str = deployment["metadata"]["namespace"]
         self.pod_name = pod_name
         self.pod_spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
         (self.container,) = self.pod_spec["containers"]
         self.stand_ins = dict(stand_ins)
+        self.image = image
+        self.extra_mounts = dict(extra_mounts or {})
+        if self.extra_mounts and image is None:
+            raise UnsupportedManifest("extra mounts need an image to mount them in")
         self.volumes = _materialise_volumes(api, self.namespace, self.pod_spec, root / "volumes")
         ports = {port["name"]: int(port["containerPort"]) for port in self.container["ports"]}
         super().__init__(workdir=root, port=ports["https"], health_port=ports["health"], cwd=root)
@@ -77,22 +95,59 @@ class DeployedContainer(ServeProcess):
         return dict(arg[2:].split("=", 1) for arg in self.container["args"])
 
     def command(self) -> list[str]:
-        entry, *rest = [*self.container["command"], *self.container.get("args", ())]
+        argv = [*self.container["command"], *self.container.get("args", ())]
+        for arg in argv:
+            if "$(" in arg:
+                raise UnsupportedManifest(f"argument {arg!r} uses $(VAR) expansion")
+        if self.image is not None:
+            return self._in_image(self.image[0], argv)
+        entry, *rest = argv
         executable = VIRTUALENV_BIN / entry
         if not executable.exists():
             raise UnsupportedManifest(f"entry point {entry!r} is not installed in {VIRTUALENV_BIN}")
         return [str(executable), *(self._rewrite(arg) for arg in rest)]
 
+    def _in_image(self, rootfs: Path, argv: list[str]) -> list[str]:
+        volumes = {volume["name"]: volume for volume in self.pod_spec.get("volumes", ())}
+        mounts = []
+        for mount in self.container.get("volumeMounts", ()):
+            volume = volumes[mount["name"]]
+            mounts.append(
+                images.Mount(
+                    source=self.volumes[mount["name"]],
+                    target=mount["mountPath"],
+                    read_only=bool(mount.get("readOnly")) or "configMap" in volume,
+                    memory=(volume.get("emptyDir") or {}).get("medium") == "Memory",
+                )
+            )
+        for target, source in self.extra_mounts.items():
+            mounts.append(images.Mount(source=source, target=target, read_only=True))
+        images.prepare_mount_points(rootfs, mounts)
+        security = {
+            **(self.pod_spec.get("securityContext") or {}),
+            **(self.container.get("securityContext") or {}),
+        }
+        return images.run_command(
+            rootfs,
+            mounts,
+            argv,
+            user=int(security["runAsUser"]),
+            group=int(security["runAsGroup"]),
+            read_only_root=bool(security.get("readOnlyRootFilesystem")),
+            no_new_privs=security.get("allowPrivilegeEscalation") is False,
+        )
+
     def _rewrite(self, arg: str) -> str:
-        if "$(" in arg:
-            raise UnsupportedManifest(f"argument {arg!r} uses $(VAR) expansion")
         flag, equals, value = arg.partition("=")
         if equals and flag.startswith("--"):
             return f"{flag}={self.host_path(value)}"
         return self.host_path(arg)
 
     def environment(self) -> dict[str, str]:
-        env = {"PATH": f"{VIRTUALENV_BIN}:/usr/bin:/bin", "HOME": str(self.workdir)}
+        if self.image is not None:
+            env = images.image_environment(self.image[1])
+        else:
+            env = {"PATH": f"{VIRTUALENV_BIN}:/usr/bin:/bin", "HOME": str(self.workdir)}
         for item in self.container.get("env", ()):
             env[item["name"]] = self._value_of(item)
         return {**env, **self.stand_ins}
