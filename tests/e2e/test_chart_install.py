@@ -381,16 +381,19 @@ class Release:
         self.fullname = f"{self.name}-digestguard"
         self.scope = {"digestguard-e2e": self.name}
 
+    def helm_command(self, *args: str) -> list[str]:
+        return [
+            str(self.helm_binary),
+            "--kubeconfig",
+            str(self.plane.kubeconfig_path),
+            "--namespace",
+            self.namespace,
+            *args,
+        ]
+
     def helm(self, *args: str) -> str:
         result = subprocess.run(
-            [
-                str(self.helm_binary),
-                "--kubeconfig",
-                str(self.plane.kubeconfig_path),
-                "--namespace",
-                self.namespace,
-                *args,
-            ],
+            self.helm_command(*args),
             capture_output=True,
             text=True,
             timeout=300,
@@ -496,7 +499,7 @@ def deployed_replica(
         client.AppsV1Api(api).read_namespaced_deployment, release.fullname, release.namespace
     )
     container = DeployedContainer(
-        api=api, deployment=deployment, pod_name=root.name, root=root, stand_ins={}
+        api=api, workload=deployment, pod_name=root.name, root=root, stand_ins={}
     )
     assert container.container["command"] == ["digestguard", "serve"]
     assert container.environment()["POD_NAMESPACE"] == release.namespace
@@ -639,6 +642,44 @@ def assert_confined_as_the_pod_says(webhook: DeployedContainer, deployment: Any)
     assert "rw" in mounts["/tmp"][0]
 
 
+def helm_test(
+    api: Any, release: Release, webhook_image: Any, root: Path
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """`helm test`, with its test pod run from the image as a kubelet would run it (the
+    Service's name resolving to this machine) and the pod's phase reported back, so that
+    Helm sees the outcome. Returns (helm test, the pod's run)."""
+    core = client.CoreV1Api(api)
+    name = f"{release.fullname}-test"
+    command = release.helm_command("test", release.name, "--timeout", "120s")
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as helm:
+        try:
+
+            def created() -> dict[str, Any] | None:
+                answer = cluster.call(core.read_namespaced_pod, name, release.namespace)
+                return answer.body if answer.ok else None
+
+            pod = eventually("the helm test pod", created, timeout=60)
+            container = DeployedContainer(
+                api=api,
+                workload=pod,
+                pod_name=name,
+                root=root,
+                stand_ins={},
+                image=(webhook_image.rootfs, webhook_image.layout.config),
+                host_aliases={"127.0.0.1": [f"{release.fullname}.{release.namespace}.svc"]},
+            )
+            run = container.run(timeout=90)
+            phase = "Succeeded" if run.returncode == 0 else "Failed"
+            core.patch_namespaced_pod_status(name, release.namespace, {"status": {"phase": phase}})
+            stdout, stderr = helm.communicate(timeout=60)
+        finally:
+            if helm.poll() is None:
+                helm.kill()
+    return subprocess.CompletedProcess(command, helm.returncode, stdout, stderr), run
+
+
 @pytest.mark.parametrize("runtime", ["image", "virtualenv"])
 def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing_image(
     control_plane: ControlPlane,
@@ -690,7 +731,7 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
             )
         webhook = DeployedContainer(
             api=api,
-            deployment=deployment,
+            workload=deployment,
             pod_name=f"{release.fullname}-0",
             root=tmp_path / "pod",
             stand_ins=stand_ins,
@@ -765,6 +806,16 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
             finally:
                 cluster.delete_policy(api, other_registries)
                 cluster.delete_namespace(api, namespace)
+
+            if webhook_image is not None:
+                # `helm test`: its pod, from the same image, finds a ready replica behind
+                # the Service and TLS on the admission port.
+                tested, pod_run = helm_test(api, release, webhook_image, tmp_path / "helm-test")
+                assert pod_run.returncode == 0, pod_run.stdout + pod_run.stderr
+                assert "readyz: ready" in pod_run.stdout
+                assert "admission port: 405" in pod_run.stdout
+                assert tested.returncode == 0, tested.stderr
+                assert "Phase:          Succeeded" in tested.stdout
 
         # SIGTERM, as the kubelet stops a pod: drained, and a clean exit.
         assert webhook.process is not None

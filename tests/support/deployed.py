@@ -28,8 +28,9 @@ resource-field reference, `$(VAR)` expansion) fails loudly rather than being ski
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,33 +47,56 @@ class UnsupportedManifest(AssertionError):
 
 
 class DeployedContainer(ServeProcess):
-    """The single container of `deployment`, as the pod `pod_name` in `root`."""
+    """The single container of `workload` (a Deployment, or a Pod), as the pod `pod_name`
+    in `root`. Started as a server (`start`, `stop`: ports named https and health), or
+    run to its end (`run`)."""
 
     def __init__(
         self,
         *,
         api: client.ApiClient,
-        deployment: Mapping[str, Any],
+        workload: Mapping[str, Any],
         pod_name: str,
         root: Path,
         stand_ins: Mapping[str, str],
         image: tuple[Path, Mapping[str, Any]] | None = None,
         extra_mounts: Mapping[str, Path] | None = None,
+        host_aliases: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """`image` is (unpacked root filesystem, image config); `extra_mounts` maps
-        container paths to directories mounted read-only there (with an image only)."""
-        self.namespace: str = deployment["metadata"]["namespace"]
+        container paths to directories mounted read-only there, and `host_aliases` adds
+        names to /etc/hosts as the pod field `hostAliases` does (with an image only)."""
+        self.namespace: str = workload["metadata"]["namespace"]
         self.pod_name = pod_name
-        self.pod_spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+        spec = workload["spec"]
+        self.pod_spec: dict[str, Any] = spec["template"]["spec"] if "template" in spec else spec
         (self.container,) = self.pod_spec["containers"]
         self.stand_ins = dict(stand_ins)
         self.image = image
         self.extra_mounts = dict(extra_mounts or {})
-        if self.extra_mounts and image is None:
-            raise UnsupportedManifest("extra mounts need an image to mount them in")
+        self.host_aliases = dict(host_aliases or {})
+        if (self.extra_mounts or self.host_aliases) and image is None:
+            raise UnsupportedManifest("extra mounts and host aliases need an image")
         self.volumes = _materialise_volumes(api, self.namespace, self.pod_spec, root / "volumes")
-        ports = {port["name"]: int(port["containerPort"]) for port in self.container["ports"]}
-        super().__init__(workdir=root, port=ports["https"], health_port=ports["health"], cwd=root)
+        ports = {
+            port["name"]: int(port["containerPort"]) for port in self.container.get("ports", ())
+        }
+        super().__init__(
+            workdir=root, port=ports.get("https", 0), health_port=ports.get("health", 0), cwd=root
+        )
+
+    def run(self, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run the container to its end; its output is in `stdout`."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return subprocess.run(
+            self.command(),
+            env=self.environment(),
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     @property
     def mounts(self) -> dict[str, Path]:
@@ -122,6 +146,14 @@ class DeployedContainer(ServeProcess):
             )
         for target, source in self.extra_mounts.items():
             mounts.append(images.Mount(source=source, target=target, read_only=True))
+        hosts = Path("/etc/hosts")
+        if self.host_aliases:
+            hosts = self.workdir / "hosts"
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            aliases = "".join(
+                f"{address}\t{' '.join(names)}\n" for address, names in self.host_aliases.items()
+            )
+            hosts.write_text(Path("/etc/hosts").read_text() + aliases)
         images.prepare_mount_points(rootfs, mounts)
         security = {
             **(self.pod_spec.get("securityContext") or {}),
@@ -135,6 +167,7 @@ class DeployedContainer(ServeProcess):
             group=int(security["runAsGroup"]),
             read_only_root=bool(security.get("readOnlyRootFilesystem")),
             no_new_privs=security.get("allowPrivilegeEscalation") is False,
+            hosts=hosts,
         )
 
     def _rewrite(self, arg: str) -> str:

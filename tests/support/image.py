@@ -7,8 +7,8 @@ webhook, with the tools of util-linux and coreutils, as root:
 - a mount namespace of its own (`unshare --mount`) in which that root is mounted
   read-only (`readOnlyRootFilesystem`), each volume is mounted at its path (emptyDir
   with `medium: Memory` as a tmpfs), the ServiceAccount token directory at the
-  kubelet's path, `/etc/hosts` and `/etc/resolv.conf` from the node and the usual
-  device nodes;
+  kubelet's path, `/etc/hosts` (plus any `hostAliases`) and `/etc/resolv.conf` from
+  the node and the usual device nodes;
 - `chroot` into it as the user the pod names (65532), after `setpriv` has set
   `no_new_privs` (`allowPrivilegeEscalation: false`) and cut the capability bounding
   set to what chroot itself needs; the user switch then clears every capability
@@ -142,6 +142,7 @@ def run_command(
     group: int,
     read_only_root: bool,
     no_new_privs: bool,
+    hosts: Path = Path("/etc/hosts"),
 ) -> list[str]:
     """The host command that runs `argv` in `rootfs` as a container would (see the module)."""
     lines = ["set -eu", f"root={shlex.quote(str(rootfs))}", 'mount --bind "$root" "$root"']
@@ -156,9 +157,9 @@ def run_command(
     for device in DEVICES:
         target = shlex.quote(str(inside(rootfs, f"/dev/{device}")))
         lines.append(f"mount --bind /dev/{device} {target}")
-    for name in ("hosts", "resolv.conf"):
+    for source, name in ((hosts, "hosts"), (Path("/etc/resolv.conf"), "resolv.conf")):
         target = shlex.quote(str(inside(rootfs, f"/etc/{name}")))
-        lines.append(f"mount --bind /etc/{name} {target}")
+        lines.append(f"mount --bind {shlex.quote(str(source))} {target}")
         lines.append(f"mount -o remount,bind,ro {target}")
     if read_only_root:
         lines.append('mount -o remount,bind,ro "$root"')
