@@ -28,6 +28,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -49,6 +50,16 @@ def skip_unless_runnable() -> None:
         reason = "running the image needs root (a mount namespace and chroot)"
     elif missing:
         reason = f"{', '.join(missing)} not installed (apt-get install mmdebstrap)"
+    else:
+        with tempfile.TemporaryDirectory() as mount_point:
+            probe = subprocess.run(
+                ["unshare", "--mount", "--", "mount", "-t", "tmpfs", "probe", mount_point],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        if probe.returncode != 0:
+            reason = f"no mount namespace here: {probe.stderr.strip()}"
     if reason:
         message = f"{SKIPPED}: {reason}"
         if os.environ.get("DIGESTGUARD_REQUIRE_E2E") == "1":
