@@ -795,6 +795,18 @@ def test_network_policy_keeps_the_webhook_port_open_and_limits_metrics(helm: Pat
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
 
 
+def test_restricted_egress_lets_plain_http_registries_through(helm: Path) -> None:
+    def egress_ports(*sets: str) -> list[int]:
+        rendered = render(helm, "private-registries.yaml", "networkPolicy.enabled=true", *sets)
+        rules = rendered.one("NetworkPolicy")["spec"]["egress"]
+        return [port["port"] for port in rules[-1]["ports"]]
+
+    # private-registries.yaml: registry.tools.svc.cluster.local:5000 and 10.100.0.20:5000.
+    assert egress_ports("networkPolicy.egress.enabled=true") == [443, 6443, 5000]
+    unnamed = "registries.insecure={registry.tools.svc,[fd00::20]:8443,10.0.0.9:443}"
+    assert egress_ports("networkPolicy.egress.enabled=true", unnamed) == [443, 6443, 80, 8443]
+
+
 def test_service_monitor_scrapes_the_metrics_port(helm: Path) -> None:
     rendered = render(helm, "everything.yaml")
     monitor = rendered.one("ServiceMonitor")
