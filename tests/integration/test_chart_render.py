@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -31,6 +32,7 @@ from webhook import (
     policies,
     selectors,
     serving,
+    tlssecret,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -830,6 +832,36 @@ def test_helm_test_pod_checks_readiness_through_the_service(defaults: Rendered) 
     assert container["image"] == defaults.container["image"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("values_file", "secret", "key"),
+    [
+        ("defaults.yaml", f"{FULLNAME}-tls", tlssecret.SECRET_BUNDLE),
+        ("cert-manager.yaml", f"{FULLNAME}-serving-cert", "ca.crt"),
+    ],
+)
+def test_helm_test_verifies_the_certificate_with_only_the_ca_of_the_tls_secret(
+    helm: Path, values_file: str, secret: str, key: str
+) -> None:
+    rendered = render(helm, values_file)
+    (pod,) = [doc for doc in rendered.hooks if _annotations(doc)["helm.sh/hook"] == "test"]
+    (container,) = pod["spec"]["containers"]
+    (volume,) = pod["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == secret
+    assert volume["secret"]["items"] == [{"key": key, "path": "ca.crt"}]
+    (mount,) = container["volumeMounts"]
+    assert f'cafile="{mount["mountPath"]}/ca.crt"' in container["command"][-1]
+
+
+def test_helm_test_of_an_existing_secret_trusts_the_given_ca_bundle(helm: Path) -> None:
+    rendered = render(helm, "existing-secret.yaml")
+    values = yaml.safe_load((VALUES_DIR / "existing-secret.yaml").read_text())
+    (pod,) = [doc for doc in rendered.hooks if _annotations(doc)["helm.sh/hook"] == "test"]
+    script = pod["spec"]["containers"][0]["command"][-1]
+    assert "volumes" not in pod["spec"]
+    assert json.dumps(values["tls"]["existingSecret"]["caBundle"].strip()) in script
 
 
 # --------------------------------------------------------------------------

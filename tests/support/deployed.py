@@ -27,6 +27,7 @@ resource-field reference, `$(VAR)` expansion) fails loudly rather than being ski
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import sys
@@ -201,17 +202,35 @@ class DeployedContainer(ServeProcess):
 def _materialise_volumes(
     api: client.ApiClient, namespace: str, pod_spec: Mapping[str, Any], root: Path
 ) -> dict[str, Path]:
+    """A directory per volume, filled as the kubelet fills it (ConfigMap and Secret keys,
+    or the `items` chosen of them)."""
+    core = client.CoreV1Api(api)
     directories: dict[str, Path] = {}
     for volume in pod_spec.get("volumes", ()):
         directory = root / volume["name"]
         directory.mkdir(parents=True, exist_ok=True)
         if "configMap" in volume:
-            name = volume["configMap"]["name"]
-            config_map = client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
-            for key, text in (config_map.data or {}).items():
-                (directory / key).write_text(text)
+            source = volume["configMap"]
+            found = core.read_namespaced_config_map(source["name"], namespace).data or {}
+            _project(directory, {key: text.encode() for key, text in found.items()}, source)
+        elif "secret" in volume:
+            source = volume["secret"]
+            found = core.read_namespaced_secret(source["secretName"], namespace).data or {}
+            _project(directory, {k: base64.b64decode(v) for k, v in found.items()}, source)
         elif "emptyDir" not in volume:
             kinds = sorted(set(volume) - {"name"})
             raise UnsupportedManifest(f"volume {volume['name']}: {kinds} is not supported")
         directories[volume["name"]] = directory
     return directories
+
+
+def _project(directory: Path, data: Mapping[str, bytes], source: Mapping[str, Any]) -> None:
+    items = source.get("items") or [{"key": key, "path": key} for key in data]
+    for item in items:
+        if item["key"] not in data:
+            # The kubelet would not start the pod: the volume cannot be made.
+            raise AssertionError(f"volume source {dict(source)} has no key {item['key']!r}")
+        target = directory / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data[item["key"]])
+        target.chmod(0o444)
