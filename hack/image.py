@@ -13,8 +13,9 @@ Two layers:
   at run time), and the entry point `/usr/local/bin/digestguard`.
 
 The image runs as 65532:65532 with entry point `digestguard` (`serve` by default), as
-the chart's Deployment calls it. The binary wheels are taken for this machine's
-CPython 3.11 and glibc, which are Debian 12's, the base's: build on Debian 12 (amd64).
+the chart's Deployment calls it. The binary wheels are chosen for the image's CPython
+3.11 and glibc 2.36 (amd64), not this machine's; the script itself must run on
+Python 3.11, which compiles the modules.
 
 The last line printed is `<output>@<manifest digest>`. Copy it to a registry with any
 OCI tool, e.g. `skopeo copy oci:<output>:<tag> docker://<registry>/digestguard:<tag>`,
@@ -53,6 +54,14 @@ EXCLUDED_PATHS: Final = (
     "/usr/share/info/*",
     "/usr/share/locale/*",
     "/usr/share/lintian/*",
+)
+# Debian 12's python3 and glibc 2.36, for the wheels: every manylinux tag that glibc runs.
+IMAGE_PYTHON: Final = "3.11"
+IMAGE_PLATFORMS: Final = (
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)),
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
 )
 SITE_PACKAGES: Final = "opt/digestguard/site-packages"
 ENTRY_POINT: Final = "usr/local/bin/digestguard"
@@ -96,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         help="build the base layer again (for Debian's latest updates) instead of the cached one",
     )
     options = parser.parse_args(argv)
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != IMAGE_PYTHON:
+        # The modules are compiled ahead by this interpreter, for the image's.
+        raise SystemExit(f"hack/image.py must run with Python {IMAGE_PYTHON}, the image's")
     epoch = source_date_epoch()
     base = base_layer(epoch, refresh=options.refresh_base)
     with tempfile.TemporaryDirectory() as scratch:
@@ -194,6 +206,9 @@ def app_layer(epoch: int, scratch: Path) -> Layer:
             str(site),
             "--no-compile",
             "--only-binary=:all:",
+            # Wheels for the image's interpreter and C library, whatever this machine's.
+            *("--implementation", "cp", "--python-version", IMAGE_PYTHON, "--abi", "cp311"),
+            *(arg for platform in IMAGE_PLATFORMS for arg in ("--platform", platform)),
             "--constraint",
             str(constraints),
             str(wheel),
