@@ -680,7 +680,29 @@ def helm_test(
     return subprocess.CompletedProcess(command, helm.returncode, stdout, stderr), run
 
 
-@pytest.mark.parametrize("runtime", ["image", "virtualenv"])
+def existing_tls_secret(api: Any, release: Release, directory: Path) -> Path:
+    """A CA and a certificate for the release's Service, as a user brings them for
+    tls.mode=existingSecret: a Secret in the (existing) release namespace; returns the
+    CA file."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = certificates.create_ca("team-ca", now)
+    dns_names = certificates.service_dns_names(release.fullname, release.namespace)
+    serving = certificates.create_serving_cert(ca, list(dns_names), now, 2 * DAY)
+    directory.mkdir(parents=True)
+    (directory / "ca.crt").write_bytes(ca.cert_pem)
+    secret = {
+        "metadata": {"name": f"{release.fullname}-team-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": serving.cert_pem.decode(), "tls.key": serving.key_pem.decode()},
+    }
+    client.CoreV1Api(api).create_namespaced_secret(release.namespace, secret)
+    return directory / "ca.crt"
+
+
+@pytest.mark.parametrize(
+    ("runtime", "tls"),
+    [("image", "selfManaged"), ("virtualenv", "selfManaged"), ("image", "existingSecret")],
+)
 def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing_image(
     control_plane: ControlPlane,
     api: Any,
@@ -688,6 +710,7 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
     ecr: Any,
     tmp_path: Path,
     runtime: str,
+    tls: str,
     request: pytest.FixtureRequest,
 ) -> None:
     """The Deployment's container, from the image built from this checkout (as a
@@ -699,12 +722,21 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
     ):
         # The Service port is the container port: the apiserver dials it directly.
         port, health_port = free_port(), free_port()
-        release.install(
+        values = [
             *("--set", f"service.port={port}", "--set", f"containerPorts.webhook={port}"),
             *("--set", f"containerPorts.health={health_port}", "--set", "aws.region=us-east-1"),
             *("--set-file", f"registries.caBundle={private_ca.ca_file}"),
             *("--set", f"registries.insecure={{{plain_http.host}}}"),
-        )
+        ]
+        if tls == "existingSecret":
+            client.CoreV1Api(api).create_namespace({"metadata": {"name": release.namespace}})
+            ca_file = existing_tls_secret(api, release, tmp_path / "team-tls")
+            values += [
+                *("--set", "tls.mode=existingSecret"),
+                *("--set", f"tls.existingSecret.name={release.fullname}-team-tls"),
+                *("--set-file", f"tls.existingSecret.caBundle={ca_file}"),
+            ]
+        release.install(*values)
         serve_from_this_machine(api, release)
         deployment = raw(
             client.AppsV1Api(api).read_namespaced_deployment, release.fullname, release.namespace
@@ -742,7 +774,6 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
             ),
             extra_mounts=extra_mounts,
         )
-        assert webhook.flags["tls-mode"] == "self-managed"
         assert webhook.flags["insecure-registries"] == plain_http.host
         assert webhook.environment()["POD_NAMESPACE"] == release.namespace
         assert "KUBECONFIG" not in {item["name"] for item in webhook.container["env"]}
@@ -750,76 +781,94 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
         with webhook:
             if webhook_image is not None:
                 assert_confined_as_the_pod_says(webhook, deployment)
-            # Ready means: its own CA and certificate made and published with the chart's
-            # RBAC, and the chart's default policy loaded and reported on.
-            material = stored(api, release.namespace, f"{release.fullname}-tls")
-            configurations = chart_configurations(release)
+            # Ready means: the certificate loaded (for selfManaged: its own CA and
+            # certificate made and published with the chart's RBAC), and the chart's
+            # default policy loaded and reported on.
             counts = len(names.MUTATING_HANDLERS) + len(names.VALIDATING_HANDLERS)
-            assert published_bundles(api, configurations) == [material.bundle_pem] * counts
+            if tls == "selfManaged":
+                assert webhook.flags["tls-mode"] == "self-managed"
+                bundle = stored(api, release.namespace, f"{release.fullname}-tls").bundle_pem
+            else:
+                assert webhook.flags["tls-mode"] == "files"
+                bundle = ca_file.read_bytes()
+            assert published_bundles(api, chart_configurations(release)) == [bundle] * counts
             default_policy = f"{release.fullname}-ecr"
             assert cluster.wait_for_policy(api, default_policy)["status"] == "True"
 
-            namespace = unique("deployed")
-            cluster.create_namespace(api, namespace, release.scope)
-            other_registries = f"{release.fullname}-registries"
-            cluster.apply_policy(
-                api,
-                other_registries,
-                {
-                    "images": [f"{private_ca.host}/**", f"{plain_http.host}/**"],
-                    "namespaceSelector": {"matchLabels": release.scope},
-                },
-            )
-            try:
-                core = client.CoreV1Api(api)
-                repository = unique("deployed/app")
-                digest = ecr.push(repository, "v1")
-                private_digest = private_ca.push_image("team/app", "v1", seed=namespace)
-                plain_digest = plain_http.push_image("tools/app", "v1", seed=namespace)
-
-                pinned = cluster.call(
-                    core.create_namespaced_pod,
-                    namespace,
-                    cluster.pod(
-                        "pinned",
-                        ecr.image(repository, "v1"),
-                        private_ca.image("team/app", "v1"),
-                        plain_http.image("tools/app", "v1"),
-                    ),
-                )
-                assert pinned.status == 201, pinned.message
-                assert list(cluster.images_of(pinned.body).values()) == [
-                    ecr.image(repository, "v1", digest),
-                    private_ca.image("team/app", "v1", private_digest),
-                    plain_http.image("tools/app", "v1", plain_digest),
-                ]
-
-                missing = ecr.image(repository, "v2")
-                refused = cluster.call(
-                    core.create_namespaced_pod, namespace, cluster.pod("missing", missing)
-                )
-                assert refused.status == 403, refused.message
-                assert 'webhook "mutate-pods.digestguard.io" denied' in refused.message
-                assert repr(missing) in refused.message
-                assert names.REASON_IMAGE_MISSING in refused.message
-                assert f"DigestPolicy {default_policy}" in refused.message
-            finally:
-                cluster.delete_policy(api, other_registries)
-                cluster.delete_namespace(api, namespace)
+            prove_pinning_and_refusal(api, release, ecr, private_ca, plain_http, default_policy)
 
             if webhook_image is not None:
                 # `helm test`: its pod, from the same image, finds a ready replica behind
-                # the Service and TLS on the admission port.
+                # the Service, and TLS on the admission port verified with the CA.
                 tested, pod_run = helm_test(api, release, webhook_image, tmp_path / "helm-test")
                 assert pod_run.returncode == 0, pod_run.stdout + pod_run.stderr
                 assert "readyz: ready" in pod_run.stdout
-                assert "admission port: 405" in pod_run.stdout
+                assert "admission port: 405 (certificate verified" in pod_run.stdout
                 assert tested.returncode == 0, tested.stderr
                 assert "Phase:          Succeeded" in tested.stdout
 
         # SIGTERM, as the kubelet stops a pod: drained, and a clean exit.
         assert webhook.process is not None
         assert webhook.process.returncode == 0, webhook.log_tail()
+
+
+def prove_pinning_and_refusal(
+    api: Any,
+    release: Release,
+    ecr: Any,
+    private_ca: oci_registry.Registry,
+    plain_http: oci_registry.Registry,
+    default_policy: str,
+) -> None:
+    """In a namespace the release sees: a pod of ECR, private-CA and plain-HTTP images
+    is pinned; a pod of a missing ECR tag is refused by the default policy."""
+    namespace = unique("deployed")
+    cluster.create_namespace(api, namespace, release.scope)
+    other_registries = f"{release.fullname}-registries"
+    cluster.apply_policy(
+        api,
+        other_registries,
+        {
+            "images": [f"{private_ca.host}/**", f"{plain_http.host}/**"],
+            "namespaceSelector": {"matchLabels": release.scope},
+        },
+    )
+    try:
+        core = client.CoreV1Api(api)
+        repository = unique("deployed/app")
+        digest = ecr.push(repository, "v1")
+        private_digest = private_ca.push_image("team/app", "v1", seed=namespace)
+        plain_digest = plain_http.push_image("tools/app", "v1", seed=namespace)
+
+        pinned = cluster.call(
+            core.create_namespaced_pod,
+            namespace,
+            cluster.pod(
+                "pinned",
+                ecr.image(repository, "v1"),
+                private_ca.image("team/app", "v1"),
+                plain_http.image("tools/app", "v1"),
+            ),
+        )
+        assert pinned.status == 201, pinned.message
+        assert list(cluster.images_of(pinned.body).values()) == [
+            ecr.image(repository, "v1", digest),
+            private_ca.image("team/app", "v1", private_digest),
+            plain_http.image("tools/app", "v1", plain_digest),
+        ]
+
+        missing = ecr.image(repository, "v2")
+        refused = cluster.call(
+            core.create_namespaced_pod, namespace, cluster.pod("missing", missing)
+        )
+        assert refused.status == 403, refused.message
+        assert 'webhook "mutate-pods.digestguard.io" denied' in refused.message
+        assert repr(missing) in refused.message
+        assert names.REASON_IMAGE_MISSING in refused.message
+        assert f"DigestPolicy {default_policy}" in refused.message
+    finally:
+        cluster.delete_policy(api, other_registries)
+        cluster.delete_namespace(api, namespace)
 
 
 def _deletions(

@@ -28,6 +28,7 @@ resource-field reference, `$(VAR)` expansion) fails loudly rather than being ski
 from __future__ import annotations
 
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -209,14 +210,17 @@ def _materialise_volumes(
     for volume in pod_spec.get("volumes", ()):
         directory = root / volume["name"]
         directory.mkdir(parents=True, exist_ok=True)
+        group = (pod_spec.get("securityContext") or {}).get("fsGroup")
         if "configMap" in volume:
             source = volume["configMap"]
             found = core.read_namespaced_config_map(source["name"], namespace).data or {}
-            _project(directory, {key: text.encode() for key, text in found.items()}, source)
+            data = {key: text.encode() for key, text in found.items()}
+            _project(directory, data, source, group)
         elif "secret" in volume:
             source = volume["secret"]
             found = core.read_namespaced_secret(source["secretName"], namespace).data or {}
-            _project(directory, {k: base64.b64decode(v) for k, v in found.items()}, source)
+            data = {key: base64.b64decode(value) for key, value in found.items()}
+            _project(directory, data, source, group)
         elif "emptyDir" not in volume:
             kinds = sorted(set(volume) - {"name"})
             raise UnsupportedManifest(f"volume {volume['name']}: {kinds} is not supported")
@@ -224,7 +228,11 @@ def _materialise_volumes(
     return directories
 
 
-def _project(directory: Path, data: Mapping[str, bytes], source: Mapping[str, Any]) -> None:
+def _project(
+    directory: Path, data: Mapping[str, bytes], source: Mapping[str, Any], group: int | None
+) -> None:
+    """Write the keys as the kubelet does: the item's mode or the volume's defaultMode
+    (0644 if neither), group-owned by the pod's fsGroup when it has one."""
     items = source.get("items") or [{"key": key, "path": key} for key in data]
     for item in items:
         if item["key"] not in data:
@@ -233,4 +241,6 @@ def _project(directory: Path, data: Mapping[str, bytes], source: Mapping[str, An
         target = directory / item["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data[item["key"]])
-        target.chmod(0o444)
+        target.chmod(int(item.get("mode", source.get("defaultMode", 0o644))))
+        if group is not None and os.geteuid() == 0:
+            os.chown(target, 0, int(group))
