@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from types_boto3_ecr.client import ECRClient
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @dataclasses.dataclass
 class Registry:
     """The moto ECR server, seen as the account and region images are pushed to."""
@@ -103,7 +99,7 @@ def new_webhook(
             "kubeconfig": control_plane.kubeconfig_path,
             "helm": helm_binary,
             "tls": loopback_tls,
-            "release": unique("e2e"),
+            "release": cluster.unique("e2e"),
             "ecr_endpoint_url": ecr.url,
             "workdir": tmp_path_factory.mktemp("webhook"),
         }
@@ -134,7 +130,7 @@ def make_namespace(kube: Any) -> Iterator[Any]:
     created: list[str] = []
 
     def make(webhook: cluster.LocalWebhook | None, **labels: str) -> str:
-        name = unique("e2e")
+        name = cluster.unique("e2e")
         scope = webhook.scope if webhook is not None else {}
         cluster.create_namespace(kube, name, {**scope, **labels})
         created.append(name)
@@ -151,7 +147,7 @@ def make_policy(kube: Any) -> Iterator[Any]:
     created: list[str] = []
 
     def make(spec: dict[str, Any], name: str | None = None) -> str:
-        name = name or unique("e2e")
+        name = name or cluster.unique("e2e")
         created.append(name)
         cluster.apply_policy(kube, name, spec)
         return name

@@ -17,10 +17,9 @@ import json
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client, config, watch
@@ -38,23 +37,6 @@ CHART = ROOT / "charts" / "digestguard"
 CRD_FILE = CHART / "crds" / "digestpolicies.digestguard.io.yaml"
 DAY = datetime.timedelta(days=1)
 SHORT = certificates.Validity(ca=10 * DAY, serving=4 * DAY, renew_before=DAY, retired_ca_grace=DAY)
-
-T = TypeVar("T")
-
-
-def eventually(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -79,7 +61,7 @@ def api(control_plane: ControlPlane) -> Iterator[Any]:
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, api: Any) -> Iterator[str]:
-    name = unique("tls")
+    name = cluster.unique("tls")
     core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": name}})
     yield name
@@ -113,7 +95,7 @@ def _inert_webhook(name: str, selector_label: str) -> dict[str, Any]:
 
 @pytest.fixture
 def configurations(api: Any) -> Iterator[tlssecret.WebhookConfigurations]:
-    name = unique("tls-e2e")
+    name = cluster.unique("tls-e2e")
     admission = client.AdmissionregistrationV1Api(api)
     webhooks = [_inert_webhook(f"{hook}.{name}.test", name) for hook in ("one", "two", "three")]
     body = {"metadata": {"name": name}, "webhooks": webhooks}
@@ -376,7 +358,7 @@ class Release:
     def __init__(self, plane: ControlPlane, helm: Path) -> None:
         self.plane = plane
         self.helm_binary = helm
-        self.name = unique("dg")
+        self.name = cluster.unique("dg")
         self.namespace = self.name
         self.fullname = f"{self.name}-digestguard"
         self.scope = {"digestguard-e2e": self.name}
@@ -660,7 +642,7 @@ def helm_test(
                 answer = cluster.call(core.read_namespaced_pod, name, release.namespace)
                 return answer.body if answer.ok else None
 
-            pod = eventually("the helm test pod", created, timeout=60)
+            pod = cluster.eventually("the helm test pod", created, timeout=60)
             container = DeployedContainer(
                 api=api,
                 workload=pod,
@@ -822,7 +804,7 @@ def prove_pinning_and_refusal(
 ) -> None:
     """In a namespace the release sees: a pod of ECR, private-CA and plain-HTTP images
     is pinned; a pod of a missing ECR tag is refused by the default policy."""
-    namespace = unique("deployed")
+    namespace = cluster.unique("deployed")
     cluster.create_namespace(api, namespace, release.scope)
     other_registries = f"{release.fullname}-registries"
     cluster.apply_policy(
@@ -835,7 +817,7 @@ def prove_pinning_and_refusal(
     )
     try:
         core = client.CoreV1Api(api)
-        repository = unique("deployed/app")
+        repository = cluster.unique("deployed/app")
         digest = ecr.push(repository, "v1")
         private_digest = private_ca.push_image("team/app", "v1", seed=namespace)
         plain_digest = plain_http.push_image("tools/app", "v1", seed=namespace)
@@ -927,7 +909,7 @@ def test_uninstall_removes_the_webhook_configurations_before_anything_else(
     time.sleep(1.5)  # let every watch begin before anything is deleted
     try:
         release.uninstall()
-        eventually("the deletions to be seen", lambda: len({k for k, _ in deleted}) == 4)
+        cluster.eventually("the deletions to be seen", lambda: len({k for k, _ in deleted}) == 4)
     finally:
         stop.set()
         for watcher in watchers:

@@ -7,18 +7,16 @@ import os
 import re
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
 
-from tests.support import controlplane
+from tests.support import cluster, controlplane
 from tests.support.controlplane import ControlPlane, ControlPlaneError
 
 pytestmark = pytest.mark.e2e
@@ -26,24 +24,6 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "hack" / "envtest-assets.sh"
 KUBECTL = os.environ.get("KUBECTL", "kubectl")
-
-T = TypeVar("T")
-
-
-def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll ``probe`` until it returns something truthy, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -55,7 +35,7 @@ def api(control_plane: ControlPlane) -> Iterator[Any]:
 @pytest.fixture
 def namespace(control_plane: ControlPlane, api: Any) -> Iterator[str]:
     """A fresh namespace whose ``default`` ServiceAccount exists."""
-    name = unique("e2e")
+    name = cluster.unique("e2e")
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     control_plane.wait_for_service_account(name)
@@ -119,7 +99,7 @@ def test_admin_is_authenticated_and_anonymous_is_not(control_plane: ControlPlane
 
 
 def test_namespace_and_pod_with_kubectl(control_plane: ControlPlane, api: Any) -> None:
-    ns = unique("kubectl")
+    ns = cluster.unique("kubectl")
     kubectl(control_plane, "create", "namespace", ns)
     try:
         control_plane.wait_for_service_account(ns)
@@ -171,14 +151,14 @@ def test_deployment_yields_a_replicaset_and_its_pods(namespace: str, api: Any) -
         sets = apps.list_namespaced_replica_set(namespace).items
         return next((rs for rs in sets if owned_by(rs, deployment.metadata.uid)), None)
 
-    rs = eventually("the Deployment's ReplicaSet", replicaset)
+    rs = cluster.eventually("the Deployment's ReplicaSet", replicaset, timeout=60)
 
     def pods() -> list[Any]:
         items = core.list_namespaced_pod(namespace).items
         owned = [p for p in items if owned_by(p, rs.metadata.uid)]
         return owned if len(owned) == 2 else []
 
-    created = eventually("two Pods owned by the ReplicaSet", pods)
+    created = cluster.eventually("two Pods owned by the ReplicaSet", pods, timeout=60)
     assert {p.spec.containers[0].image for p in created} == {"registry.invalid/web:1"}
     assert all(p.metadata.labels["app"] == "web" for p in created)
 
@@ -215,7 +195,7 @@ def test_helm_installs_a_chart_into_the_control_plane(
     )
     (chart / "values.yaml").write_text("greeting: hello\n")
 
-    ns = unique("helm")
+    ns = cluster.unique("helm")
     helm("install", "smoke", str(chart), "--namespace", ns, "--create-namespace")
     try:
         stored = client.CoreV1Api(api).read_namespaced_config_map("smoke-settings", ns)

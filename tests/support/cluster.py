@@ -22,6 +22,7 @@ import re
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,11 @@ SCOPE_LABEL = "e2e.digestguard.io/webhook"
 """Namespaces a locally registered webhook sees carry this label, valued its release name."""
 
 T = TypeVar("T")
+
+
+def unique(prefix: str) -> str:
+    """A name no other test (nor an earlier run on this control plane) has used."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def eventually(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
