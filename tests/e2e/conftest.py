@@ -63,6 +63,13 @@ def kube(control_plane: ControlPlane) -> Iterator[Any]:
         yield api_client
 
 
+@pytest.fixture
+def api(control_plane: ControlPlane) -> Iterator[Any]:
+    """An admin API client of its own for one test."""
+    with control_plane.new_api_client() as api_client:
+        yield api_client
+
+
 @pytest.fixture(scope="session")
 def policy_crd(kube: Any) -> str:
     """The DigestPolicy CRD, from the chart's `crds/` file (the one source)."""

@@ -54,12 +54,6 @@ def status_of(call: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
 
 
 @pytest.fixture
-def api(control_plane: ControlPlane) -> Iterator[Any]:
-    with control_plane.new_api_client() as api_client:
-        yield api_client
-
-
-@pytest.fixture
 def namespace(control_plane: ControlPlane, api: Any) -> Iterator[str]:
     name = cluster.unique("tls")
     core = client.CoreV1Api(api)

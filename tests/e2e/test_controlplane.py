@@ -27,12 +27,6 @@ KUBECTL = os.environ.get("KUBECTL", "kubectl")
 
 
 @pytest.fixture
-def api(control_plane: ControlPlane) -> Iterator[Any]:
-    with control_plane.new_api_client() as api_client:
-        yield api_client
-
-
-@pytest.fixture
 def namespace(control_plane: ControlPlane, api: Any) -> Iterator[str]:
     """A fresh namespace whose ``default`` ServiceAccount exists."""
     name = cluster.unique("e2e")
