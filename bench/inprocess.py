@@ -25,7 +25,9 @@ from kopf._cogs.structs import references as kopf_references
 from kopf._core.engines import admission as kopf_admission
 
 from bench import reviews
-from webhook import admission, decisions, policies, references, resolutions, resolver
+from webhook.core import decisions, outcomes, policies, references
+from webhook.registries import resolver
+from webhook.serving import admission
 
 _DIGEST = "sha256:" + "a" * 64
 _PATH_PREFIX = re.compile(r"/\S*/(?:site-packages|lib/python3\.\d+)/|/\S*/(?=webhook/)")
@@ -36,16 +38,16 @@ class _CachedOnly:
 
     def lookup(
         self,
-        repository: resolutions.Repository,
-        queries: Collection[resolutions.Query],
+        repository: outcomes.Repository,
+        queries: Collection[outcomes.Query],
         *,
         timeout: float,
-    ) -> Mapping[resolutions.Query, resolutions.Outcome]:
-        return {q: resolutions.Found(references.Digest(_DIGEST), "x") for q in queries}
+    ) -> Mapping[outcomes.Query, outcomes.Outcome]:
+        return {q: outcomes.Found(references.Digest(_DIGEST), "x") for q in queries}
 
     def mutability(
-        self, repository: resolutions.Repository, *, timeout: float
-    ) -> resolutions.MutabilityOutcome:
+        self, repository: outcomes.Repository, *, timeout: float
+    ) -> outcomes.MutabilityOutcome:
         raise NotImplementedError
 
 
@@ -144,14 +146,14 @@ async def _run(iterations: int) -> dict[str, Any]:
         iterations, lambda: decisions.plan(review, [policy], {}, decisions.Phase.MUTATING)
     )
     deadline = time.monotonic() + 3600
-    outcomes = await the_resolver.resolve(plan.queries, deadline=deadline)
+    results = await the_resolver.resolve(plan.queries, deadline=deadline)
     steps["  resolver.resolve (3 cache hits)"] = await _atime(
         iterations, lambda: the_resolver.resolve(plan.queries, deadline=deadline)
     )
     steps["  decisions.decide (verdict, edits, annotation)"] = _time(
-        iterations, lambda: decisions.decide(plan, outcomes, {})
+        iterations, lambda: decisions.decide(plan, results, {})
     )
-    verdict = decisions.decide(plan, outcomes, {})
+    verdict = decisions.decide(plan, results, {})
     steps["  admission._json_patch (the patch written directly)"] = _time(
         iterations, lambda: admission._json_patch(obj, verdict)
     )

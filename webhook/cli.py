@@ -17,22 +17,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from webhook import (
-    __version__,
-    admission,
-    durations,
-    ecr,
-    errors,
-    kubeapi,
-    logs,
-    oci,
-    references,
-    registries,
-    resolutions,
-    resolver,
-    serving,
-    tlssecret,
-)
+from webhook import __version__, errors, logs
+from webhook.core import durations, outcomes, references
+from webhook.registries import ecr, oci, protocol, resolver, routing
+from webhook.serving import admission, kubeapi, server
+from webhook.tls import secret
 
 logger = logging.getLogger("digestguard.cli")
 
@@ -228,7 +217,7 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
             "install the chart's CRD first"
         )
     the_resolver = resolver.Resolver(
-        registries.RoutingClient(
+        routing.RoutingClient(
             ecr.EcrClient(
                 endpoint_url=options.ecr_endpoint_url or None,
                 max_pool_connections=max(32, config.registry_workers),
@@ -247,7 +236,7 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
         resolve_deadline=config.resolve_deadline,
         read_namespace_labels=kubeapi.namespace_labels,
     )
-    server = serving.AdmissionServer(
+    admission_server = server.AdmissionServer(
         address=config.address,
         port=config.port,
         certfile=config.tls_cert_file,
@@ -256,18 +245,18 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
         answer_within=config.resolve_deadline + 1.0,
         max_body_bytes=config.max_body_bytes,
     )
-    tls: tlssecret.SelfManagedTLS | None = None
+    tls: secret.SelfManagedTLS | None = None
     if config.tls_mode == "self-managed":
-        tls = tlssecret.SelfManagedTLS(
+        tls = secret.SelfManagedTLS(
             namespace=config.namespace,
             secret_name=options.tls_secret_name,
             service_name=options.service_name,
-            webhook_configurations=tlssecret.WebhookConfigurations(
+            webhook_configurations=secret.WebhookConfigurations(
                 mutating=options.mutating_webhook_configuration,
                 validating=options.validating_webhook_configuration,
             ),
             tls_dir=options.tls_dir,
-            on_change=server.reload_if_changed,
+            on_change=admission_server.reload_if_changed,
         )
     stop = asyncio.Event()
     draining = asyncio.Event()
@@ -278,11 +267,11 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
             waiting.append("shutting down")
         if not the_admission.indexes_loaded.is_set():
             waiting.append("DigestPolicies and namespaces are not indexed yet")
-        if not server.listening.is_set():
+        if not admission_server.listening.is_set():
             waiting.append("the TLS certificate is not loaded yet")
         return waiting
 
-    health = serving.HealthServer(
+    health = server.HealthServer(
         address=config.address, port=config.health_port, readiness=readiness
     )
     if config.health_port:
@@ -312,7 +301,7 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
         # What start-up made (kopf, the kubernetes client, botocore's models) lives as long
         # as the process: keep it out of the full garbage collections that load triggers.
         await the_admission.indexes_loaded.wait()
-        await server.listening.wait()
+        await admission_server.listening.wait()
         gc.collect()
         gc.freeze()
 
@@ -322,7 +311,7 @@ async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None
     freeze_task = loop.create_task(freeze_start_up_objects())
     tls_task = loop.create_task(tls.run(stop)) if tls is not None else None
     try:
-        await the_admission.run(server, stop_flag=stop, ready_flag=started)
+        await the_admission.run(admission_server, stop_flag=stop, ready_flag=started)
     finally:
         signals_task.cancel()
         freeze_task.cancel()
@@ -350,20 +339,20 @@ def _resolve(options: argparse.Namespace) -> int:
         insecure_registries=_hosts(options.insecure_registries),
         ca_file=options.registry_ca_file or None,
     )
-    client = registries.RoutingClient(
+    client = routing.RoutingClient(
         ecr.EcrClient(endpoint_url=options.ecr_endpoint_url or None), oci_client
     )
     try:
-        outcomes = asyncio.run(_lookup(parsed, client, timeout))
+        results = asyncio.run(_lookup(parsed, client, timeout))
     finally:
         oci_client.close()
     status = 0
     for reference in parsed:
-        outcome = outcomes[resolutions.existence_query(reference)]
-        if isinstance(outcome, resolutions.Found):
+        outcome = results[outcomes.existence_query(reference)]
+        if isinstance(outcome, outcomes.Found):
             print(reference.pinned(outcome.digest, keep_tag=not options.drop_tag))
             continue
-        if isinstance(outcome, resolutions.Missing):
+        if isinstance(outcome, outcomes.Missing):
             status = max(status, EXIT_MISSING)
             print(
                 f"{reference.original}: not found ({outcome.code}: {outcome.message})",
@@ -376,11 +365,11 @@ def _resolve(options: argparse.Namespace) -> int:
 
 
 async def _lookup(
-    parsed: list[references.ImageReference], client: resolutions.RegistryClient, budget: float
-) -> dict[resolutions.Query, resolutions.Outcome]:
+    parsed: list[references.ImageReference], client: protocol.RegistryClient, budget: float
+) -> dict[outcomes.Query, outcomes.Outcome]:
     the_resolver = resolver.Resolver(client)
     try:
-        queries = collections.OrderedDict((resolutions.existence_query(r), 0.0) for r in parsed)
+        queries = collections.OrderedDict((outcomes.existence_query(r), 0.0) for r in parsed)
         return await the_resolver.resolve(queries, deadline=time.monotonic() + budget)
     finally:
         await the_resolver.aclose()

@@ -9,8 +9,8 @@
         └── DeadlineExceeded  the admission's time budget ran out
 
 Per-image outcomes (found, missing, could not tell, digest mismatch) are values,
-not exceptions: see `webhook.resolutions`. Errors turn into admission responses
-only at the kopf edge (`webhook.admission`).
+not exceptions: see `webhook.core.outcomes`. Errors turn into admission responses
+only at the kopf edge (`webhook.serving.admission`).
 """
 
 

@@ -1,7 +1,7 @@
 """The chart in a real apiserver, and the self-managed TLS lifecycle against it.
 
 Helm installs, upgrades and uninstalls the chart; the webhook's TLS bootstrap
-(`webhook.tlssecret`) runs with the arguments of the installed Deployment and the
+(`webhook.tls.secret`) runs with the arguments of the installed Deployment and the
 token of its ServiceAccount, so the chart's RBAC is exactly what is exercised.
 Every install scopes its webhooks and default policy to namespaces carrying a label
 of its own, so other tests sharing the control plane are not affected.
@@ -28,7 +28,8 @@ from tests.support import cluster, image, oci_registry
 from tests.support.controlplane import ControlPlane
 from tests.support.deployed import DeployedContainer
 from tests.support.webhook_process import free_port
-from webhook import certificates, names, tlssecret
+from webhook import names
+from webhook.tls import certificates, secret
 
 pytestmark = pytest.mark.e2e
 
@@ -88,19 +89,19 @@ def _inert_webhook(name: str, selector_label: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def configurations(api: Any) -> Iterator[tlssecret.WebhookConfigurations]:
+def configurations(api: Any) -> Iterator[secret.WebhookConfigurations]:
     name = cluster.unique("tls-e2e")
     admission = client.AdmissionregistrationV1Api(api)
     webhooks = [_inert_webhook(f"{hook}.{name}.test", name) for hook in ("one", "two", "three")]
     body = {"metadata": {"name": name}, "webhooks": webhooks}
     admission.create_mutating_webhook_configuration(body)
     admission.create_validating_webhook_configuration(body)
-    yield tlssecret.WebhookConfigurations(mutating=name, validating=name)
+    yield secret.WebhookConfigurations(mutating=name, validating=name)
     admission.delete_mutating_webhook_configuration(name)
     admission.delete_validating_webhook_configuration(name)
 
 
-def published_bundles(api: Any, configurations: tlssecret.WebhookConfigurations) -> list[bytes]:
+def published_bundles(api: Any, configurations: secret.WebhookConfigurations) -> list[bytes]:
     admission = client.AdmissionregistrationV1Api(api)
     found = []
     for read, name in (
@@ -112,7 +113,7 @@ def published_bundles(api: Any, configurations: tlssecret.WebhookConfigurations)
     return found
 
 
-def resource_versions(api: Any, configurations: tlssecret.WebhookConfigurations) -> list[str]:
+def resource_versions(api: Any, configurations: secret.WebhookConfigurations) -> list[str]:
     admission = client.AdmissionregistrationV1Api(api)
     return [
         raw(admission.read_mutating_webhook_configuration, configurations.mutating)["metadata"][
@@ -131,9 +132,9 @@ def stored(api: Any, namespace: str, secret: str) -> certificates.Material:
         return base64.b64decode(data[key])
 
     return certificates.Material(
-        ca=certificates.KeyPair(entry(tlssecret.SECRET_CA_CERT), entry(tlssecret.SECRET_CA_KEY)),
-        serving=certificates.KeyPair(entry(tlssecret.SECRET_CERT), entry(tlssecret.SECRET_KEY)),
-        bundle_pem=entry(tlssecret.SECRET_BUNDLE),
+        ca=certificates.KeyPair(entry(secret.SECRET_CA_CERT), entry(secret.SECRET_CA_KEY)),
+        serving=certificates.KeyPair(entry(secret.SECRET_CERT), entry(secret.SECRET_KEY)),
+        bundle_pem=entry(secret.SECRET_BUNDLE),
     )
 
 
@@ -150,11 +151,11 @@ class Clock:
 def replica(
     api: Any,
     namespace: str,
-    configurations: tlssecret.WebhookConfigurations,
+    configurations: secret.WebhookConfigurations,
     tls_dir: Path,
     **options: Any,
-) -> tlssecret.SelfManagedTLS:
-    return tlssecret.SelfManagedTLS(
+) -> secret.SelfManagedTLS:
+    return secret.SelfManagedTLS(
         namespace=namespace,
         secret_name="webhook-tls",
         service_name="webhook",
@@ -166,7 +167,7 @@ def replica(
     )
 
 
-def race(replicas: list[tlssecret.SelfManagedTLS]) -> list[bool]:
+def race(replicas: list[secret.SelfManagedTLS]) -> list[bool]:
     """Reconcile every replica at once, each in its own thread."""
     barrier = threading.Barrier(len(replicas))
     results: dict[int, bool | BaseException] = {}
@@ -199,7 +200,7 @@ def race(replicas: list[tlssecret.SelfManagedTLS]) -> list[bool]:
 def test_replicas_starting_together_make_one_secret_and_agree_on_the_ca(
     api: Any,
     namespace: str,
-    configurations: tlssecret.WebhookConfigurations,
+    configurations: secret.WebhookConfigurations,
     tmp_path: Path,
     secret_before: str,
 ) -> None:
@@ -226,7 +227,7 @@ def test_replicas_starting_together_make_one_secret_and_agree_on_the_ca(
 
 
 def test_ca_bundle_is_patched_only_when_it_differs(
-    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+    api: Any, namespace: str, configurations: secret.WebhookConfigurations, tmp_path: Path
 ) -> None:
     first = replica(api, namespace, configurations, tmp_path)
     assert first.reconcile() is True
@@ -236,7 +237,7 @@ def test_ca_bundle_is_patched_only_when_it_differs(
 
 
 def test_a_ca_bundle_removed_by_a_reapply_is_restored(
-    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+    api: Any, namespace: str, configurations: secret.WebhookConfigurations, tmp_path: Path
 ) -> None:
     tls = replica(api, namespace, configurations, tmp_path)
     tls.reconcile()
@@ -252,7 +253,7 @@ def test_a_ca_bundle_removed_by_a_reapply_is_restored(
 
 
 def test_serving_certificate_near_expiry_is_renewed_under_the_same_ca(
-    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+    api: Any, namespace: str, configurations: secret.WebhookConfigurations, tmp_path: Path
 ) -> None:
     clock = Clock()
     tls = replica(api, namespace, configurations, tmp_path, validity=SHORT, clock=clock)
@@ -272,7 +273,7 @@ def test_serving_certificate_near_expiry_is_renewed_under_the_same_ca(
 
 
 def test_ca_near_expiry_is_rotated_with_both_cas_in_the_bundle_until_the_grace_ends(
-    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+    api: Any, namespace: str, configurations: secret.WebhookConfigurations, tmp_path: Path
 ) -> None:
     clock = Clock()
     rotating = replica(api, namespace, configurations, tmp_path / "a", validity=SHORT, clock=clock)
@@ -305,7 +306,7 @@ def test_ca_near_expiry_is_rotated_with_both_cas_in_the_bundle_until_the_grace_e
 
 
 async def test_run_keeps_reconciling_and_reports_file_changes(
-    api: Any, namespace: str, configurations: tlssecret.WebhookConfigurations, tmp_path: Path
+    api: Any, namespace: str, configurations: secret.WebhookConfigurations, tmp_path: Path
 ) -> None:
     changes: list[bytes] = []
     changed = asyncio.Event()
@@ -469,7 +470,7 @@ def service_account_client(
 
 def deployed_replica(
     plane: ControlPlane, api: Any, release: Release, root: Path, tmp_path: Path
-) -> tuple[tlssecret.SelfManagedTLS, Any]:
+) -> tuple[secret.SelfManagedTLS, Any]:
     """The TLS bootstrap as the installed Deployment would run it, and its client."""
     deployment = raw(
         client.AppsV1Api(api).read_namespaced_deployment, release.fullname, release.namespace
@@ -484,11 +485,11 @@ def deployed_replica(
     sa_client = service_account_client(
         plane, api, release.namespace, container.pod_spec["serviceAccountName"], tmp_path
     )
-    tls = tlssecret.SelfManagedTLS(
+    tls = secret.SelfManagedTLS(
         namespace=container.namespace,
         secret_name=flags["tls-secret-name"],
         service_name=flags["service-name"],
-        webhook_configurations=tlssecret.WebhookConfigurations(
+        webhook_configurations=secret.WebhookConfigurations(
             mutating=flags["mutating-webhook-configuration"],
             validating=flags["validating-webhook-configuration"],
         ),
@@ -499,8 +500,8 @@ def deployed_replica(
     return tls, sa_client
 
 
-def chart_configurations(release: Release) -> tlssecret.WebhookConfigurations:
-    return tlssecret.WebhookConfigurations(mutating=release.fullname, validating=release.fullname)
+def chart_configurations(release: Release) -> secret.WebhookConfigurations:
+    return secret.WebhookConfigurations(mutating=release.fullname, validating=release.fullname)
 
 
 def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(

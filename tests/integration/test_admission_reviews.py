@@ -28,7 +28,8 @@ from kubernetes import client
 from tests.support import cluster, ecr_emulator
 from tests.support.controlplane import ControlPlane
 from tests.support.webhook_process import WebhookProcess
-from webhook import names, reviews
+from webhook import names
+from webhook.serving import reviews
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 REGISTRY = ecr_emulator.registry_host()

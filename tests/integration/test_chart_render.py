@@ -22,18 +22,11 @@ import pytest
 import yaml
 
 from tests.support import cluster, controlplane
-from webhook import (
-    certificates,
-    cli,
-    durations,
-    errors,
-    names,
-    oci,
-    policies,
-    selectors,
-    serving,
-    tlssecret,
-)
+from webhook import cli, errors, names
+from webhook.core import durations, policies, selectors
+from webhook.registries import oci
+from webhook.serving import server
+from webhook.tls import certificates, secret
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "digestguard"
@@ -255,7 +248,7 @@ def test_webhook_paths_are_exactly_the_handler_ids(defaults: Rendered) -> None:
             handler = webhook["clientConfig"]["service"]["path"].removeprefix("/")
             assert webhook["name"] == f"{handler}.{names.GROUP}"
             assert webhook["rules"] == [_expected_rule(handler)], handler
-            assert set(webhook["rules"][0]["operations"]) <= serving.HANDLED_OPERATIONS
+            assert set(webhook["rules"][0]["operations"]) <= server.HANDLED_OPERATIONS
             assert webhook["clientConfig"]["service"] == {
                 "name": service["metadata"]["name"],
                 "namespace": NAMESPACE,
@@ -838,7 +831,7 @@ def test_helm_test_pod_checks_readiness_through_the_service(defaults: Rendered) 
 @pytest.mark.parametrize(
     ("values_file", "secret", "key"),
     [
-        ("defaults.yaml", f"{FULLNAME}-tls", tlssecret.SECRET_BUNDLE),
+        ("defaults.yaml", f"{FULLNAME}-tls", secret.SECRET_BUNDLE),
         ("cert-manager.yaml", f"{FULLNAME}-serving-cert", "ca.crt"),
     ],
 )

@@ -12,9 +12,11 @@ import boto3
 import pytest
 
 from tests.support import ecr_emulator, ecr_stub
-from webhook import ecr, errors, metrics, references, resolutions, resolver
+from webhook import errors, metrics
+from webhook.core import outcomes, references
+from webhook.registries import ecr, resolver
 
-REPOSITORY = resolutions.Repository(ecr_emulator.registry_host(), "team/app")
+REPOSITORY = outcomes.Repository(ecr_emulator.registry_host(), "team/app")
 BUDGET = 1.0
 
 
@@ -49,11 +51,11 @@ def digest(stub: ecr_stub.EcrStub) -> references.Digest:
     )
 
 
-def v1() -> resolutions.Query:
-    return resolutions.Query(REPOSITORY, tag="v1")
+def v1() -> outcomes.Query:
+    return outcomes.Query(REPOSITORY, tag="v1")
 
 
-def lookup(client: ecr.EcrClient, *queries: resolutions.Query) -> resolutions.Outcome:
+def lookup(client: ecr.EcrClient, *queries: outcomes.Query) -> outcomes.Outcome:
     """The outcome of the first query (v1 when none is given)."""
     queries = queries or (v1(),)
     return client.lookup(REPOSITORY, queries, timeout=BUDGET)[queries[0]]
@@ -95,7 +97,7 @@ def test_the_account_of_the_registry_host_is_sent_as_registry_id(
 def test_each_query_is_sent_as_a_tag_or_a_digest(
     client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
 ) -> None:
-    lookup(client, v1(), resolutions.Query(REPOSITORY, digest=digest))
+    lookup(client, v1(), outcomes.Query(REPOSITORY, digest=digest))
 
     (request,) = stub.requests("BatchGetImage")
     assert sorted(request["body"]["imageIds"], key=str) == sorted(
@@ -107,12 +109,12 @@ def test_more_than_100_images_are_asked_in_requests_of_at_most_100(
     client: ecr.EcrClient, stub: ecr_stub.EcrStub
 ) -> None:
     stub.configure(synthesize=True)
-    queries = [resolutions.Query(REPOSITORY, tag=f"v{n}") for n in range(150)]
+    queries = [outcomes.Query(REPOSITORY, tag=f"v{n}") for n in range(150)]
 
-    outcomes = client.lookup(REPOSITORY, queries, timeout=BUDGET)
+    results = client.lookup(REPOSITORY, queries, timeout=BUDGET)
 
     assert sorted(len(r["body"]["imageIds"]) for r in stub.requests()) == [50, 100]
-    assert all(isinstance(o, resolutions.Found) for o in outcomes.values())
+    assert all(isinstance(o, outcomes.Found) for o in results.values())
 
 
 def test_when_a_later_request_fails_the_earlier_answers_are_kept(
@@ -120,32 +122,32 @@ def test_when_a_later_request_fails_the_earlier_answers_are_kept(
 ) -> None:
     stub.configure(synthesize=True)
     stub.queue(ecr_stub.ANSWER, "AccessDeniedException")
-    queries = [resolutions.Query(REPOSITORY, tag=f"v{n}") for n in range(150)]
+    queries = [outcomes.Query(REPOSITORY, tag=f"v{n}") for n in range(150)]
 
-    outcomes = client.lookup(REPOSITORY, queries, timeout=BUDGET)
+    results = client.lookup(REPOSITORY, queries, timeout=BUDGET)
 
-    kinds = [type(outcome).__name__ for outcome in outcomes.values()]
+    kinds = [type(outcome).__name__ for outcome in results.values()]
     assert (kinds.count("Found"), kinds.count("Unknown")) == (100, 50)
 
 
 def test_a_repository_name_ecr_cannot_hold_is_missing_without_a_call(
     client: ecr.EcrClient, stub: ecr_stub.EcrStub
 ) -> None:
-    one_letter = resolutions.Repository(REPOSITORY.registry, "a")
-    query = resolutions.Query(one_letter, tag="v1")
+    one_letter = outcomes.Repository(REPOSITORY.registry, "a")
+    query = outcomes.Query(one_letter, tag="v1")
 
     outcome = client.lookup(one_letter, [query], timeout=BUDGET)[query]
 
-    assert isinstance(outcome, resolutions.Missing)
+    assert isinstance(outcome, outcomes.Missing)
     assert outcome.code == ecr.INVALID_REPOSITORY_NAME
     assert stub.requests() == []
 
 
 def test_a_host_that_is_not_ecr_is_a_registry_error(client: ecr.EcrClient) -> None:
-    elsewhere = resolutions.Repository("registry.example.com", "team/app")
+    elsewhere = outcomes.Repository("registry.example.com", "team/app")
 
     with pytest.raises(errors.RegistryError, match=r"not an ECR private registry"):
-        client.lookup(elsewhere, [resolutions.Query(elsewhere, tag="v1")], timeout=BUDGET)
+        client.lookup(elsewhere, [outcomes.Query(elsewhere, tag="v1")], timeout=BUDGET)
 
 
 # What comes back
@@ -154,19 +156,19 @@ def test_a_host_that_is_not_ecr_is_a_registry_error(client: ecr.EcrClient) -> No
 def test_a_digest_query_is_found_by_its_digest(
     client: ecr.EcrClient, digest: references.Digest
 ) -> None:
-    query = resolutions.Query(REPOSITORY, digest=digest)
+    query = outcomes.Query(REPOSITORY, digest=digest)
 
-    assert lookup(client, query) == resolutions.Found(digest, ecr_emulator.DOCKER_MANIFEST)
+    assert lookup(client, query) == outcomes.Found(digest, ecr_emulator.DOCKER_MANIFEST)
 
 
 def test_a_missing_digest_is_reported_missing(
     client: ecr.EcrClient, digest: references.Digest
 ) -> None:
-    query = resolutions.Query(REPOSITORY, digest=references.Digest("sha256:" + "0" * 64))
+    query = outcomes.Query(REPOSITORY, digest=references.Digest("sha256:" + "0" * 64))
 
     outcome = lookup(client, query)
 
-    assert isinstance(outcome, resolutions.Missing)
+    assert isinstance(outcome, outcomes.Missing)
     assert outcome.code == "ImageNotFound"
 
 
@@ -177,7 +179,7 @@ def test_a_manifest_that_does_not_hash_to_its_digest_is_corrupt(
 
     outcome = lookup(client)
 
-    assert isinstance(outcome, resolutions.Corrupt)
+    assert isinstance(outcome, outcomes.Corrupt)
     assert digest in outcome.message
 
 
@@ -186,7 +188,7 @@ def test_an_image_the_answer_does_not_mention_is_unknown(
 ) -> None:
     stub.configure(omit=["v1"])
 
-    assert isinstance(lookup(client), resolutions.Unknown)
+    assert isinstance(lookup(client), outcomes.Unknown)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +208,7 @@ def test_a_failure_code_saying_the_image_does_not_exist_is_missing(
 
     outcome = lookup(client)
 
-    assert isinstance(outcome, resolutions.Missing)
+    assert isinstance(outcome, outcomes.Missing)
     assert outcome.code == code
 
 
@@ -229,7 +231,7 @@ def test_a_failure_code_that_cannot_tell_is_unknown(
 
     outcome = lookup(client)
 
-    assert isinstance(outcome, resolutions.Unknown)
+    assert isinstance(outcome, outcomes.Unknown)
     assert code in outcome.message
 
 
@@ -246,14 +248,14 @@ def test_a_failure_code_is_not_retried(
 def test_a_missing_repository_is_missing_for_every_image(
     client: ecr.EcrClient, stub: ecr_stub.EcrStub
 ) -> None:
-    queries = [resolutions.Query(REPOSITORY, tag=t) for t in ("v1", "v2")]
+    queries = [outcomes.Query(REPOSITORY, tag=t) for t in ("v1", "v2")]
 
-    outcomes = client.lookup(REPOSITORY, queries, timeout=BUDGET)
+    results = client.lookup(REPOSITORY, queries, timeout=BUDGET)
 
-    assert {o.code for o in outcomes.values() if isinstance(o, resolutions.Missing)} == {
+    assert {o.code for o in results.values() if isinstance(o, outcomes.Missing)} == {
         ecr.REPOSITORY_NOT_FOUND
     }
-    assert len(outcomes) == 2
+    assert len(results) == 2
 
 
 # Whole-call errors
@@ -276,7 +278,7 @@ def test_a_transient_error_is_retried(
 
     outcome = lookup(client)
 
-    assert outcome == resolutions.Found(digest, ecr_emulator.DOCKER_MANIFEST)
+    assert outcome == outcomes.Found(digest, ecr_emulator.DOCKER_MANIFEST)
     assert len(stub.requests()) == 2
 
 
@@ -356,12 +358,12 @@ async def test_a_throttled_registry_makes_the_resolver_answer_unknown_with_the_r
     stub.configure(always="ThrottlingException")
     the_resolver = resolver.Resolver(client)
     try:
-        outcomes = await the_resolver.resolve({v1(): 0.0}, deadline=time.monotonic() + BUDGET)
+        results = await the_resolver.resolve({v1(): 0.0}, deadline=time.monotonic() + BUDGET)
     finally:
         await the_resolver.aclose()
 
-    outcome = outcomes[v1()]
-    assert isinstance(outcome, resolutions.Unknown)
+    outcome = results[v1()]
+    assert isinstance(outcome, outcomes.Unknown)
     assert "ThrottlingException" in outcome.message
 
 
@@ -373,11 +375,11 @@ async def test_a_throttled_registry_makes_the_resolver_answer_unknown_with_the_r
     [
         (
             {"imageTagMutability": "MUTABLE"},
-            resolutions.TagMutability(resolutions.Mutability.MUTABLE),
+            outcomes.TagMutability(outcomes.Mutability.MUTABLE),
         ),
         (
             {"imageTagMutability": "IMMUTABLE"},
-            resolutions.TagMutability(resolutions.Mutability.IMMUTABLE),
+            outcomes.TagMutability(outcomes.Mutability.IMMUTABLE),
         ),
         (
             {
@@ -387,8 +389,8 @@ async def test_a_throttled_registry_makes_the_resolver_answer_unknown_with_the_r
                     {"filterType": "WILDCARD", "filter": "dev-*"},
                 ],
             },
-            resolutions.TagMutability(
-                resolutions.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest", "dev-*")
+            outcomes.TagMutability(
+                outcomes.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest", "dev-*")
             ),
         ),
         (
@@ -398,9 +400,7 @@ async def test_a_throttled_registry_makes_the_resolver_answer_unknown_with_the_r
                     {"filterType": "WILDCARD", "filter": "release-*"}
                 ],
             },
-            resolutions.TagMutability(
-                resolutions.Mutability.MUTABLE_WITH_EXCLUSION, ("release-*",)
-            ),
+            outcomes.TagMutability(outcomes.Mutability.MUTABLE_WITH_EXCLUSION, ("release-*",)),
         ),
     ],
     ids=["mutable", "immutable", "immutable-with-exclusion", "mutable-with-exclusion"],
@@ -409,7 +409,7 @@ def test_each_mutability_mode_is_reported_with_its_exclusions(
     client: ecr.EcrClient,
     stub: ecr_stub.EcrStub,
     fields: dict[str, object],
-    expected: resolutions.TagMutability,
+    expected: outcomes.TagMutability,
 ) -> None:
     stub.add_repository(REPOSITORY.name, **fields)
 
@@ -423,7 +423,7 @@ def test_a_repository_without_exclusion_filters_has_none(
 
     outcome = client.mutability(REPOSITORY, timeout=BUDGET)
 
-    assert outcome == resolutions.TagMutability(resolutions.Mutability.IMMUTABLE, ())
+    assert outcome == outcomes.TagMutability(outcomes.Mutability.IMMUTABLE, ())
 
 
 def test_an_exclusion_filter_of_an_unknown_type_makes_mutability_unknown(
@@ -435,7 +435,7 @@ def test_an_exclusion_filter_of_an_unknown_type_makes_mutability_unknown(
         imageTagMutabilityExclusionFilters=[{"filterType": "REGEX", "filter": "v.*"}],
     )
 
-    assert isinstance(client.mutability(REPOSITORY, timeout=BUDGET), resolutions.Unknown)
+    assert isinstance(client.mutability(REPOSITORY, timeout=BUDGET), outcomes.Unknown)
 
 
 def test_a_mutability_mode_from_the_future_is_unknown(
@@ -443,7 +443,7 @@ def test_a_mutability_mode_from_the_future_is_unknown(
 ) -> None:
     stub.add_repository(REPOSITORY.name, imageTagMutability="IMMUTABLE_ON_TUESDAYS")
 
-    assert isinstance(client.mutability(REPOSITORY, timeout=BUDGET), resolutions.Unknown)
+    assert isinstance(client.mutability(REPOSITORY, timeout=BUDGET), outcomes.Unknown)
 
 
 def test_describe_repositories_throttling_is_retried(
@@ -454,7 +454,7 @@ def test_describe_repositories_throttling_is_retried(
 
     outcome = client.mutability(REPOSITORY, timeout=BUDGET)
 
-    assert outcome == resolutions.TagMutability(resolutions.Mutability.IMMUTABLE)
+    assert outcome == outcomes.TagMutability(outcomes.Mutability.IMMUTABLE)
     assert len(stub.requests("DescribeRepositories")) == 2
 
 

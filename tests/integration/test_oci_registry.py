@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support import ecr_emulator, oci_registry, oci_stub
-from webhook import errors, metrics, oci, references, resolutions
+from webhook import errors, metrics
+from webhook.core import outcomes, references
+from webhook.registries import oci, protocol
 
 TIMEOUT = 5.0
 
@@ -59,19 +61,17 @@ def stub_client(stub: oci_stub.OciStub) -> Iterator[oci.OciClient]:
     the_client.close()
 
 
-def by_tag(registry: str, name: str, tag: str = "v1") -> resolutions.Query:
-    return resolutions.Query(resolutions.Repository(registry, name), tag=tag)
+def by_tag(registry: str, name: str, tag: str = "v1") -> outcomes.Query:
+    return outcomes.Query(outcomes.Repository(registry, name), tag=tag)
 
 
-def by_digest(registry: str, name: str, digest: str) -> resolutions.Query:
-    return resolutions.Query(
-        resolutions.Repository(registry, name), digest=references.Digest(digest)
-    )
+def by_digest(registry: str, name: str, digest: str) -> outcomes.Query:
+    return outcomes.Query(outcomes.Repository(registry, name), digest=references.Digest(digest))
 
 
 def look_up(
-    the_client: oci.OciClient, *queries: resolutions.Query, timeout: float = TIMEOUT
-) -> dict[resolutions.Query, resolutions.Outcome]:
+    the_client: oci.OciClient, *queries: outcomes.Query, timeout: float = TIMEOUT
+) -> dict[outcomes.Query, outcomes.Outcome]:
     answers = the_client.lookup(queries[0].repository, queries, timeout=timeout)
     assert set(answers) == set(queries)
     return dict(answers)
@@ -95,9 +95,7 @@ def test_a_tag_is_found_with_the_digest_of_the_manifest_it_names(
     name = unique()
     digest = registry.push_image(name, "v1", seed=name, media_type=media_type)
     query = by_tag(registry.host, name)
-    assert look_up(client, query) == {
-        query: resolutions.Found(references.Digest(digest), media_type)
-    }
+    assert look_up(client, query) == {query: outcomes.Found(references.Digest(digest), media_type)}
 
 
 def test_a_digest_query_finds_the_manifest_by_its_digest(
@@ -106,7 +104,7 @@ def test_a_digest_query_finds_the_manifest_by_its_digest(
     name = unique()
     digest = registry.push_image(name, "v1", seed=name, media_type=ecr_emulator.OCI_INDEX)
     query = by_digest(registry.host, name, digest)
-    assert look_up(client, query)[query] == resolutions.Found(
+    assert look_up(client, query)[query] == outcomes.Found(
         references.Digest(digest), ecr_emulator.OCI_INDEX
     )
 
@@ -132,7 +130,7 @@ def test_a_missing_tag_is_missing(registry: oci_registry.Registry, client: oci.O
     registry.push_image(name, "v1", seed=name)
     query = by_tag(registry.host, name, "nope")
     outcome = look_up(client, query)[query]
-    assert isinstance(outcome, resolutions.Missing)
+    assert isinstance(outcome, outcomes.Missing)
     assert outcome.code == "MANIFEST_UNKNOWN"
 
 
@@ -142,14 +140,14 @@ def test_a_digest_that_is_not_there_is_missing(
     name = unique()
     registry.push_image(name, "v1", seed=name)
     query = by_digest(registry.host, name, digest_of(b"never pushed"))
-    assert isinstance(look_up(client, query)[query], resolutions.Missing)
+    assert isinstance(look_up(client, query)[query], outcomes.Missing)
 
 
 def test_a_repository_that_does_not_exist_is_missing(
     registry: oci_registry.Registry, client: oci.OciClient
 ) -> None:
     query = by_tag(registry.host, unique("never"))
-    assert isinstance(look_up(client, query)[query], resolutions.Missing)
+    assert isinstance(look_up(client, query)[query], outcomes.Missing)
 
 
 def test_a_plain_http_registry_not_listed_as_insecure_is_a_tls_error(
@@ -172,7 +170,7 @@ def test_the_anonymous_token_flow_resolves_a_tag_over_https(
     the_client = oci.OciClient(ca_file=str(secured_registry.ca_file))
     query = by_tag(secured_registry.host, name)
     try:
-        assert look_up(the_client, query)[query] == resolutions.Found(
+        assert look_up(the_client, query)[query] == outcomes.Found(
             references.Digest(digest), ecr_emulator.DOCKER_MANIFEST
         )
     finally:
@@ -207,7 +205,7 @@ def test_a_repository_the_token_does_not_open_is_unknown(
         answers = look_up(the_client, *queries)
     finally:
         the_client.close()
-    assert all(isinstance(a, resolutions.Unknown) for a in answers.values())
+    assert all(isinstance(a, outcomes.Unknown) for a in answers.values())
     message = answers[queries[0]].message  # type: ignore[union-attr]
     assert "refused the anonymous token" in message
     assert "needs credentials" in message
@@ -233,7 +231,7 @@ def test_a_manifest_that_does_not_hash_to_its_reported_digest_is_corrupt(
     stub.reported_digests[("app", "v1")] = digest_of(b"something else")
     query = by_tag(stub.host, "app")
     outcome = look_up(stub_client, query)[query]
-    assert isinstance(outcome, resolutions.Corrupt)
+    assert isinstance(outcome, outcomes.Corrupt)
     assert "integrity check failed" in outcome.message
 
 
@@ -247,7 +245,7 @@ def test_a_digest_query_answered_with_other_bytes_is_corrupt(
     )
     stub.reported_digests[("app", asked)] = asked
     query = by_digest(stub.host, "app", asked)
-    assert isinstance(look_up(stub_client, query)[query], resolutions.Corrupt)
+    assert isinstance(look_up(stub_client, query)[query], outcomes.Corrupt)
 
 
 def test_a_digest_query_answered_under_another_digest_is_corrupt(
@@ -258,7 +256,7 @@ def test_a_digest_query_answered_under_another_digest_is_corrupt(
     stub.manifests[("app", asked)] = (manifest, ecr_emulator.DOCKER_MANIFEST)
     stub.reported_digests[("app", asked)] = digest_of(b"another one")
     query = by_digest(stub.host, "app", asked)
-    assert isinstance(look_up(stub_client, query)[query], resolutions.Corrupt)
+    assert isinstance(look_up(stub_client, query)[query], outcomes.Corrupt)
 
 
 def test_a_manifest_without_docker_content_digest_is_pinned_to_its_own_hash(
@@ -267,7 +265,7 @@ def test_a_manifest_without_docker_content_digest_is_pinned_to_its_own_hash(
     manifest = ecr_emulator.oci_manifest(seed="no-header")
     stub.queue(oci_stub.Answer(200, manifest, {"Content-Type": ecr_emulator.OCI_MANIFEST}))
     query = by_tag(stub.host, "app")
-    assert look_up(stub_client, query)[query] == resolutions.Found(
+    assert look_up(stub_client, query)[query] == outcomes.Found(
         digest_of(manifest), ecr_emulator.OCI_MANIFEST
     )
 
@@ -278,7 +276,7 @@ def test_an_answer_that_is_not_a_manifest_is_unknown(
     stub.queue(oci_stub.Answer(200, b"<html>login</html>", {"Content-Type": "text/html"}))
     query = by_tag(stub.host, "app")
     outcome = look_up(stub_client, query)[query]
-    assert isinstance(outcome, resolutions.Unknown)
+    assert isinstance(outcome, outcomes.Unknown)
     assert "'text/html'" in outcome.message
 
 
@@ -288,7 +286,7 @@ def test_name_unknown_is_missing_for_every_image_of_the_repository_with_one_requ
     stub.missing_repositories.add("gone")
     queries = (by_tag(stub.host, "gone", "v1"), by_tag(stub.host, "gone", "v2"))
     answers = look_up(stub_client, *queries)
-    assert {type(a) for a in answers.values()} == {resolutions.Missing}
+    assert {type(a) for a in answers.values()} == {outcomes.Missing}
     assert answers[queries[0]].code == "NAME_UNKNOWN"  # type: ignore[union-attr]
     assert stub.manifest_requests() == 1
 
@@ -306,7 +304,7 @@ def test_throttling_and_server_errors_are_retried_within_the_budget(
     stub.queue(oci_stub.Answer(429), oci_stub.Answer(503))
     before = [registry_calls(o) for o in ("throttled", "error", "ok")]
     query = by_tag(stub.host, "app")
-    assert look_up(stub_client, query)[query] == resolutions.Found(
+    assert look_up(stub_client, query)[query] == outcomes.Found(
         digest_of(manifest), ecr_emulator.DOCKER_MANIFEST
     )
     assert stub.manifest_requests() == 3
@@ -340,8 +338,8 @@ def test_answers_already_given_are_kept_when_a_later_image_cannot_be_asked(
     stub.queue(oci_stub.Answer(200, manifest, {"Content-Type": ecr_emulator.DOCKER_MANIFEST}))
     stub.queue(*[oci_stub.Answer(503)] * 100)
     answers = look_up(stub_client, first, second, timeout=0.5)
-    assert isinstance(answers[first], resolutions.Found)
-    assert isinstance(answers[second], resolutions.Unknown)
+    assert isinstance(answers[first], outcomes.Found)
+    assert isinstance(answers[second], outcomes.Unknown)
 
 
 def test_a_kept_alive_connection_the_server_dropped_is_replaced_at_once(
@@ -355,7 +353,7 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced_at_once(
     query = by_tag(stub.host, "app")
     errors_before = registry_calls("error")
     for _ in range(3):
-        assert isinstance(look_up(stub_client, query)[query], resolutions.Found)
+        assert isinstance(look_up(stub_client, query)[query], outcomes.Found)
     assert stub.manifest_requests() == 3
     assert registry_calls("error") == errors_before
 
@@ -365,7 +363,7 @@ def test_a_redirect_is_followed(stub: oci_stub.OciStub, stub_client: oci.OciClie
     stub.manifests[("app", "v1")] = (manifest, ecr_emulator.DOCKER_MANIFEST)
     stub.queue(oci_stub.Answer(307, headers={"Location": "/v2/app/manifests/v1"}))
     query = by_tag(stub.host, "app")
-    assert isinstance(look_up(stub_client, query)[query], resolutions.Found)
+    assert isinstance(look_up(stub_client, query)[query], outcomes.Found)
 
 
 def test_the_token_stub_flow_caches_the_token_until_it_expires(stub: oci_stub.OciStub) -> None:
@@ -379,12 +377,12 @@ def test_the_token_stub_flow_caches_the_token_until_it_expires(stub: oci_stub.Oc
     )
     query = by_tag(stub.host, "app")
     try:
-        assert isinstance(look_up(the_client, query)[query], resolutions.Found)
+        assert isinstance(look_up(the_client, query)[query], outcomes.Found)
         now[0] += 30
-        assert isinstance(look_up(the_client, query)[query], resolutions.Found)
+        assert isinstance(look_up(the_client, query)[query], outcomes.Found)
         assert stub.tokens_issued == 1
         now[0] += 30
-        assert isinstance(look_up(the_client, query)[query], resolutions.Found)
+        assert isinstance(look_up(the_client, query)[query], outcomes.Found)
         assert stub.tokens_issued == 2
     finally:
         the_client.close()
@@ -400,7 +398,7 @@ def test_a_token_endpoint_that_refuses_is_unknown(
     stub.refuse_tokens = True
     query = by_tag(stub.host, "app")
     outcome = look_up(stub_client, query)[query]
-    assert isinstance(outcome, resolutions.Unknown)
+    assert isinstance(outcome, outcomes.Unknown)
     assert "gave no anonymous token" in outcome.message
 
 
@@ -410,7 +408,7 @@ def test_a_registry_that_wants_basic_credentials_is_unknown(
     stub.auth = oci_stub.BASIC
     query = by_tag(stub.host, "app")
     outcome = look_up(stub_client, query)[query]
-    assert isinstance(outcome, resolutions.Unknown)
+    assert isinstance(outcome, outcomes.Unknown)
     assert "requires credentials" in outcome.message
 
 
@@ -418,7 +416,7 @@ def test_forbidden_is_unknown(stub: oci_stub.OciStub, stub_client: oci.OciClient
     stub.queue(oci_stub.Answer(403, b'{"errors":[{"code":"DENIED","message":"no"}]}'))
     query = by_tag(stub.host, "app")
     outcome = look_up(stub_client, query)[query]
-    assert isinstance(outcome, resolutions.Unknown)
+    assert isinstance(outcome, outcomes.Unknown)
     assert "HTTP 403 DENIED: no" in outcome.message
 
 
@@ -427,7 +425,7 @@ def test_every_request_accepts_the_index_and_manifest_types(
 ) -> None:
     look_up(stub_client, by_tag(stub.host, "app"))
     accept = stub.received()[0].headers["Accept"]
-    assert accept.split(", ") == list(resolutions.ACCEPTED_MEDIA_TYPES)
+    assert accept.split(", ") == list(protocol.ACCEPTED_MEDIA_TYPES)
 
 
 # digestguard resolve

@@ -32,7 +32,10 @@ from kubernetes.config import kube_config
 from tests.support import cluster, ecr_stub
 from tests.support.controlplane import ControlPlane
 from tests.support.webhook_process import WebhookProcess
-from webhook import admission, kubeapi, names, references, resolutions, resolver, serving
+from webhook import names
+from webhook.core import outcomes, references
+from webhook.registries import resolver
+from webhook.serving import admission, kubeapi, server
 
 STRICT = "resilience-strict"
 """Pods here fall under a Mutate policy with onResolveError: Deny and maxStale: 5s."""
@@ -208,18 +211,18 @@ class _Found:
 
     def lookup(
         self,
-        repository: resolutions.Repository,
-        queries: Collection[resolutions.Query],
+        repository: outcomes.Repository,
+        queries: Collection[outcomes.Query],
         *,
         timeout: float,
-    ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+    ) -> Mapping[outcomes.Query, outcomes.Outcome]:
         digest = references.Digest("sha256:" + "0" * 64)
-        return {query: resolutions.Found(digest, "application/json") for query in queries}
+        return {query: outcomes.Found(digest, "application/json") for query in queries}
 
     def mutability(
-        self, repository: resolutions.Repository, *, timeout: float
-    ) -> resolutions.MutabilityOutcome:
-        return resolutions.Unknown("not asked in this test")
+        self, repository: outcomes.Repository, *, timeout: float
+    ) -> outcomes.MutabilityOutcome:
+        return outcomes.Unknown("not asked in this test")
 
 
 @pytest.mark.parametrize(
@@ -257,18 +260,18 @@ async def test_kopf_keeps_no_memory_per_updated_pod(
         resolve_deadline=5.0,
         read_namespace_labels=kubeapi.namespace_labels,
     )
-    server = serving.AdmissionServer(
+    admission_server = server.AdmissionServer(
         address="127.0.0.1", port=0, certfile=None, keyfile=None, answer_within=6.0
     )
     stop = asyncio.Event()
-    operator = asyncio.create_task(the_admission.run(server, stop_flag=stop))
+    operator = asyncio.create_task(the_admission.run(admission_server, stop_flag=stop))
     try:
         await asyncio.wait_for(the_admission.indexes_loaded.wait(), 60)
-        await asyncio.wait_for(server.listening.wait(), 60)
+        await asyncio.wait_for(admission_server.listening.wait(), 60)
         (memories,) = created
         before = len(list(memories.iter_all_memories()))  # the watched namespaces, policies
         updates = [update(STRICT, image("v1"), image("v2")) for _ in range(2000)]
-        url = f"http://127.0.0.1:{server.bound_port}/{names.MUTATE_PODS}"
+        url = f"http://127.0.0.1:{admission_server.bound_port}/{names.MUTATE_PODS}"
         answers = await _post_all(url, updates, concurrency=20)
 
         assert all(a["response"]["allowed"] for a in answers)

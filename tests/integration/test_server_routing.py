@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from webhook import names, serving
+from webhook import names
+from webhook.serving import server
 
 
 class RecordingFn:
@@ -55,9 +56,9 @@ def review(
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[str, RecordingFn, serving.AdmissionServer]]:
+async def served() -> AsyncIterator[tuple[str, RecordingFn, server.AdmissionServer]]:
     fn = RecordingFn()
-    server = serving.AdmissionServer(
+    admission_server = server.AdmissionServer(
         address="127.0.0.1",
         port=0,
         certfile=None,
@@ -65,9 +66,9 @@ async def served() -> AsyncIterator[tuple[str, RecordingFn, serving.AdmissionSer
         answer_within=0.5,
         max_body_bytes=64 * 1024,
     )
-    configs = server(fn)
+    configs = admission_server(fn)
     await configs.__anext__()
-    yield f"http://127.0.0.1:{server.bound_port}", fn, server
+    yield f"http://127.0.0.1:{admission_server.bound_port}", fn, admission_server
     await configs.aclose()
 
 
@@ -181,14 +182,14 @@ async def test_request_namespace_is_filled_into_the_object_for_handlers(served: 
 
 async def test_handler_that_does_not_answer_in_time_gets_a_denial() -> None:
     fn = RecordingFn(delay=5.0)
-    server = serving.AdmissionServer(
+    admission_server = server.AdmissionServer(
         address="127.0.0.1", port=0, certfile=None, keyfile=None, answer_within=0.2
     )
-    configs = server(fn)
+    configs = admission_server(fn)
     await configs.__anext__()
     try:
         status, answer = await post(
-            f"http://127.0.0.1:{server.bound_port}/{names.VALIDATE_PODS}", review()
+            f"http://127.0.0.1:{admission_server.bound_port}/{names.VALIDATE_PODS}", review()
         )
     finally:
         await configs.aclose()

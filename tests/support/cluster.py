@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes import client
 
-from webhook import certificates, names
+from webhook import names
+from webhook.tls import certificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "digestguard"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook import containers
+from webhook.core import containers
 
 WORKLOAD_TEMPLATE_PATHS = {
     "Deployment": ("spec", "template"),

@@ -1,7 +1,7 @@
 """The decision core: from a review, policies and hand-made registry answers to a verdict.
 
 No resolver and no I/O: each test states what the registry said, as
-`resolutions` outcomes, and checks the plan and the verdict.
+`resolutions` results, and checks the plan and the verdict.
 """
 
 import copy
@@ -14,34 +14,35 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook import decisions, names, policies, references, resolutions
+from webhook import names
+from webhook.core import decisions, outcomes, policies, references
 
 ECR = "111122223333.dkr.ecr.eu-west-1.amazonaws.com"
 ECR_GLOB = "*.dkr.ecr.*.amazonaws.com/**"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-REPO = resolutions.Repository(ECR, "shop/api")
-WEB_REPO = resolutions.Repository(ECR, "shop/web")
+REPO = outcomes.Repository(ECR, "shop/api")
+WEB_REPO = outcomes.Repository(ECR, "shop/web")
 IMAGE = f"{ECR}/shop/api:v1"
 WEB_IMAGE = f"{ECR}/shop/web:v2"
 DIGEST = references.Digest("sha256:" + hashlib.sha256(b"api v1").hexdigest())
 WEB_DIGEST = references.Digest("sha256:" + hashlib.sha256(b"web v2").hexdigest())
 MOVED = references.Digest("sha256:" + hashlib.sha256(b"api v1, rebuilt").hexdigest())
 PINNED = f"{ECR}/shop/api:v1@{DIGEST}"
-BY_TAG = resolutions.Query(REPO, tag="v1")
-BY_DIGEST = resolutions.Query(REPO, digest=DIGEST)
-WEB_BY_TAG = resolutions.Query(WEB_REPO, tag="v2")
-NGINX_REPO = resolutions.Repository("docker.io", "library/nginx")
-NGINX_BY_TAG = resolutions.Query(NGINX_REPO, tag="1.25")
-FOUND = resolutions.Found(DIGEST, OCI_INDEX)
-WEB_FOUND = resolutions.Found(WEB_DIGEST, OCI_INDEX)
-MISSING = resolutions.Missing("ImageNotFound", "Requested image not found")
-UNKNOWN = resolutions.Unknown("ThrottlingException: Rate exceeded")
-CORRUPT = resolutions.Corrupt("sha256 of the manifest is not the digest ECR reported")
+BY_TAG = outcomes.Query(REPO, tag="v1")
+BY_DIGEST = outcomes.Query(REPO, digest=DIGEST)
+WEB_BY_TAG = outcomes.Query(WEB_REPO, tag="v2")
+NGINX_REPO = outcomes.Repository("docker.io", "library/nginx")
+NGINX_BY_TAG = outcomes.Query(NGINX_REPO, tag="1.25")
+FOUND = outcomes.Found(DIGEST, OCI_INDEX)
+WEB_FOUND = outcomes.Found(WEB_DIGEST, OCI_INDEX)
+MISSING = outcomes.Missing("ImageNotFound", "Requested image not found")
+UNKNOWN = outcomes.Unknown("ThrottlingException: Rate exceeded")
+CORRUPT = outcomes.Corrupt("sha256 of the manifest is not the digest ECR reported")
 
 MUTATING = decisions.Phase.MUTATING
 VALIDATING = decisions.Phase.VALIDATING
-Outcomes = Mapping[resolutions.Query, resolutions.Outcome]
-Mutabilities = Mapping[resolutions.Repository, resolutions.MutabilityOutcome]
+Outcomes = Mapping[outcomes.Query, outcomes.Outcome]
+Mutabilities = Mapping[outcomes.Repository, outcomes.MutabilityOutcome]
 
 
 def policy(name: str = "pin", **spec: Any) -> policies.Policy:
@@ -120,7 +121,7 @@ def make_plan(
 def judge(
     obj: Mapping[str, Any],
     rules: list[policies.Policy],
-    outcomes: Outcomes,
+    results: Outcomes,
     phase: decisions.Phase = MUTATING,
     *,
     mutabilities: Mutabilities | None = None,
@@ -131,7 +132,7 @@ def judge(
     the_plan = make_plan(
         obj, rules, phase, operation=operation, old=old, namespace_labels=namespace_labels
     )
-    return decisions.decide(the_plan, outcomes, mutabilities or {})
+    return decisions.decide(the_plan, results, mutabilities or {})
 
 
 def original_images(verdict: decisions.Verdict) -> Any:
@@ -160,11 +161,11 @@ def test_mutate_without_keep_tag_rewrites_to_digest_only() -> None:
 
 def test_mutate_resolves_a_reference_without_tag_as_latest() -> None:
     the_plan = make_plan(api_pod(f"{ECR}/shop/api"), [policy()])
-    assert set(the_plan.queries) == {resolutions.Query(REPO, tag="latest")}
+    assert set(the_plan.queries) == {outcomes.Query(REPO, tag="latest")}
 
 
 def test_mutate_pins_a_reference_without_tag_to_digest_only() -> None:
-    latest = resolutions.Query(REPO, tag="latest")
+    latest = outcomes.Query(REPO, tag="latest")
     verdict = judge(api_pod(f"{ECR}/shop/api"), [policy()], {latest: FOUND})
     assert verdict.edits == (
         decisions.Edit("/spec/containers/0/image", f"{ECR}/shop/api@{DIGEST}"),
@@ -276,7 +277,7 @@ def test_tag_and_digest_reference_is_looked_up_by_digest_and_by_tag() -> None:
 
 
 def test_tag_and_digest_whose_tag_moved_is_only_a_warning() -> None:
-    moved = resolutions.Found(MOVED, OCI_INDEX)
+    moved = outcomes.Found(MOVED, OCI_INDEX)
     verdict = judge(api_pod(PINNED), [policy()], {BY_DIGEST: FOUND, BY_TAG: moved})
     assert (verdict.allowed, verdict.edits) == (True, ())
     assert verdict.warnings == (
@@ -296,7 +297,7 @@ def test_tag_and_digest_whose_tag_is_gone_is_not_denied() -> None:
 
 
 def test_stale_digest_is_used_with_a_warning() -> None:
-    stale = resolutions.Found(DIGEST, OCI_INDEX, age_seconds=240.0)
+    stale = outcomes.Found(DIGEST, OCI_INDEX, age_seconds=240.0)
     verdict = judge(api_pod(), [policy()], {BY_TAG: stale})
     assert verdict.edits == (decisions.Edit("/spec/containers/0/image", PINNED),)
     assert has_reason(verdict.warnings, names.REASON_STALE_DIGEST)
@@ -463,70 +464,66 @@ def test_digest_pinned_reference_needs_no_mutability() -> None:
 
 
 def enforce_with_mutability(
-    image: str, query: resolutions.Query, setting: resolutions.MutabilityOutcome, **spec: Any
+    image: str, query: outcomes.Query, setting: outcomes.MutabilityOutcome, **spec: Any
 ) -> decisions.Verdict:
     rules = [policy(action="Enforce", allowImmutableTags=True, **spec)]
     return judge(api_pod(image), rules, {query: FOUND}, VALIDATING, mutabilities={REPO: setting})
 
 
 def test_allow_immutable_tags_accepts_a_tag_of_an_immutable_repository() -> None:
-    setting = resolutions.TagMutability(resolutions.Mutability.IMMUTABLE)
+    setting = outcomes.TagMutability(outcomes.Mutability.IMMUTABLE)
     assert enforce_with_mutability(IMAGE, BY_TAG, setting).allowed
 
 
 def test_allow_immutable_tags_accepts_a_tag_not_excluded_from_immutability() -> None:
-    setting = resolutions.TagMutability(
-        resolutions.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest", "dev-*")
+    setting = outcomes.TagMutability(
+        outcomes.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest", "dev-*")
     )
     assert enforce_with_mutability(IMAGE, BY_TAG, setting).allowed
 
 
 def test_allow_immutable_tags_denies_a_tag_excluded_from_immutability() -> None:
-    setting = resolutions.TagMutability(
-        resolutions.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest", "dev-*")
+    setting = outcomes.TagMutability(
+        outcomes.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest", "dev-*")
     )
-    dev = resolutions.Query(REPO, tag="dev-42")
+    dev = outcomes.Query(REPO, tag="dev-42")
     verdict = enforce_with_mutability(f"{ECR}/shop/api:dev-42", dev, setting)
     assert not verdict.allowed
     assert "referenced by the mutable tag 'dev-42'" in verdict.message
 
 
 def test_allow_immutable_tags_judges_a_reference_without_tag_as_latest() -> None:
-    setting = resolutions.TagMutability(
-        resolutions.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest",)
-    )
-    latest = resolutions.Query(REPO, tag="latest")
+    setting = outcomes.TagMutability(outcomes.Mutability.IMMUTABLE_WITH_EXCLUSION, ("latest",))
+    latest = outcomes.Query(REPO, tag="latest")
     verdict = enforce_with_mutability(f"{ECR}/shop/api", latest, setting)
     assert "referenced by the mutable tag 'latest'" in verdict.message
 
 
 def test_allow_immutable_tags_accepts_a_tag_made_immutable_by_exclusion() -> None:
-    setting = resolutions.TagMutability(resolutions.Mutability.MUTABLE_WITH_EXCLUSION, ("v*",))
+    setting = outcomes.TagMutability(outcomes.Mutability.MUTABLE_WITH_EXCLUSION, ("v*",))
     assert enforce_with_mutability(IMAGE, BY_TAG, setting).allowed
 
 
 def test_allow_immutable_tags_denies_a_tag_left_mutable_by_exclusions() -> None:
-    setting = resolutions.TagMutability(
-        resolutions.Mutability.MUTABLE_WITH_EXCLUSION, ("release-*",)
-    )
+    setting = outcomes.TagMutability(outcomes.Mutability.MUTABLE_WITH_EXCLUSION, ("release-*",))
     assert not enforce_with_mutability(IMAGE, BY_TAG, setting).allowed
 
 
 def test_allow_immutable_tags_denies_a_tag_of_a_mutable_repository() -> None:
-    setting = resolutions.TagMutability(resolutions.Mutability.MUTABLE)
+    setting = outcomes.TagMutability(outcomes.Mutability.MUTABLE)
     verdict = enforce_with_mutability(IMAGE, BY_TAG, setting)
     assert not verdict.allowed
     assert "referenced by the mutable tag 'v1'; pin it by digest" in verdict.message
 
 
 def test_unreadable_mutability_denies_under_on_resolve_error_deny() -> None:
-    verdict = enforce_with_mutability(IMAGE, BY_TAG, resolutions.Unknown("AccessDenied"))
+    verdict = enforce_with_mutability(IMAGE, BY_TAG, outcomes.Unknown("AccessDenied"))
     assert not verdict.allowed
     assert "tag mutability could not be read (AccessDenied)" in verdict.message
 
 
 def test_unreadable_mutability_is_a_warning_under_on_resolve_error_allow() -> None:
-    unknown = resolutions.Unknown("AccessDenied")
+    unknown = outcomes.Unknown("AccessDenied")
     verdict = enforce_with_mutability(IMAGE, BY_TAG, unknown, onResolveError="Allow")
     assert verdict.allowed
     assert has_reason(verdict.warnings, names.REASON_TAG_NOT_PINNED)
@@ -564,7 +561,7 @@ def test_allow_immutable_tags_denies_a_tag_outside_ecr_even_under_allow() -> Non
 
 def test_enforce_accepts_a_digest_outside_ecr_that_exists() -> None:
     rules = [policy(action="Enforce", images=["**"])]
-    by_digest = resolutions.Query(NGINX_REPO, digest=DIGEST)
+    by_digest = outcomes.Query(NGINX_REPO, digest=DIGEST)
     verdict = judge(api_pod(f"nginx@{DIGEST}"), rules, {by_digest: FOUND}, VALIDATING)
     assert (verdict.allowed, verdict.warnings) == (True, ())
 
@@ -619,7 +616,7 @@ def test_audit_with_allow_immutable_tags_asks_for_the_repository_mutability() ->
 
 def test_audit_with_allow_immutable_tags_is_quiet_about_an_immutable_tag() -> None:
     rules = [policy(action="Audit", allowImmutableTags=True)]
-    setting = resolutions.TagMutability(resolutions.Mutability.IMMUTABLE)
+    setting = outcomes.TagMutability(outcomes.Mutability.IMMUTABLE)
     verdict = judge(api_pod(), rules, {BY_TAG: FOUND}, VALIDATING, mutabilities={REPO: setting})
     assert (verdict.allowed, verdict.warnings) == (True, ())
 
@@ -896,17 +893,17 @@ RULES: list[dict[str, Any]] = [
     {"action": "Audit", "images": ["**"]},
     {"action": "Mutate", "images": [f"{ECR}/shop/web"], "podSelector": {"matchLabels": {"a": "b"}}},
 ]
-OUTCOMES: list[resolutions.Outcome] = [
+OUTCOMES: list[outcomes.Outcome] = [
     FOUND,
-    resolutions.Found(MOVED, OCI_INDEX, age_seconds=30.0),
+    outcomes.Found(MOVED, OCI_INDEX, age_seconds=30.0),
     MISSING,
     UNKNOWN,
     CORRUPT,
 ]
-MUTABILITIES: list[resolutions.MutabilityOutcome] = [
-    resolutions.TagMutability(resolutions.Mutability.IMMUTABLE),
-    resolutions.TagMutability(resolutions.Mutability.MUTABLE),
-    resolutions.Unknown("AccessDenied"),
+MUTABILITIES: list[outcomes.MutabilityOutcome] = [
+    outcomes.TagMutability(outcomes.Mutability.IMMUTABLE),
+    outcomes.TagMutability(outcomes.Mutability.MUTABLE),
+    outcomes.Unknown("AccessDenied"),
 ]
 
 
@@ -932,11 +929,11 @@ def test_every_verdict_is_consistent_and_mutation_is_idempotent(
     obj = pod(*images, init=tuple(init), ephemeral=tuple(ephemeral), labels=labels)
     rule_set = [policy(f"p{i}", **RULES[i]) for i in rules]
     the_plan = make_plan(obj, rule_set, phase)
-    outcomes = {q: data.draw(st.sampled_from(OUTCOMES)) for q in the_plan.queries}
+    results = {q: data.draw(st.sampled_from(OUTCOMES)) for q in the_plan.queries}
     mutabilities = {
         r: data.draw(st.sampled_from(MUTABILITIES)) for r in the_plan.repositories_for_mutability
     }
-    verdict = decisions.decide(the_plan, outcomes, mutabilities)
+    verdict = decisions.decide(the_plan, results, mutabilities)
 
     assert verdict.allowed == (verdict.denials == ())
     assert all(f.denies == (f.message in verdict.denials) for f in verdict.findings)
@@ -957,8 +954,7 @@ def test_every_verdict_is_consistent_and_mutation_is_idempotent(
     # Reinvoked on its own output, with every digest found, nothing pinned is edited again.
     again = make_plan(mutated, rule_set, phase)
     found = {
-        q: FOUND if q.digest is None else resolutions.Found(q.digest, OCI_INDEX)
-        for q in again.queries
+        q: FOUND if q.digest is None else outcomes.Found(q.digest, OCI_INDEX) for q in again.queries
     }
     second = decisions.decide(again, found, mutabilities)
     assert all(e.pointer not in {edit.pointer for edit in verdict.edits} for e in second.edits)

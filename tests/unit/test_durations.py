@@ -2,7 +2,8 @@
 
 import pytest
 
-from webhook import durations, errors
+from webhook import errors
+from webhook.core import durations
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 import pytest
 
-from webhook import errors, oci, resolutions
+from webhook import errors
+from webhook.core import outcomes
+from webhook.registries import oci
 
 
 def test_a_docker_hub_bearer_challenge_is_parsed() -> None:
@@ -76,14 +78,14 @@ def test_docker_hub_is_served_at_registry_1() -> None:
 
 
 def test_the_pull_scope_names_the_repository() -> None:
-    repository = resolutions.Repository("docker.io", "library/nginx")
+    repository = outcomes.Repository("docker.io", "library/nginx")
     assert oci.pull_scope(repository) == "repository:library/nginx:pull"
 
 
 def test_tag_mutability_is_unknown_outside_ecr() -> None:
     client = oci.OciClient()
-    outcome = client.mutability(resolutions.Repository("ghcr.io", "team/app"), timeout=1.0)
-    assert outcome == resolutions.Unknown(
+    outcome = client.mutability(outcomes.Repository("ghcr.io", "team/app"), timeout=1.0)
+    assert outcome == outcomes.Unknown(
         "tag mutability is an Amazon ECR setting; ghcr.io is a generic OCI registry"
     )
 
@@ -101,6 +103,6 @@ def test_a_registry_ca_file_that_cannot_be_loaded_is_a_configuration_error() -> 
 
 def test_no_call_is_made_without_time_left() -> None:
     client = oci.OciClient()
-    repository = resolutions.Repository("127.0.0.1:9", "app")
+    repository = outcomes.Repository("127.0.0.1:9", "app")
     with pytest.raises(errors.DeadlineExceeded):
-        client.lookup(repository, [resolutions.Query(repository, tag="v1")], timeout=0.0)
+        client.lookup(repository, [outcomes.Query(repository, tag="v1")], timeout=0.0)

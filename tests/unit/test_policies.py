@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook import errors, policies, selectors
+from webhook import errors
+from webhook.core import policies, selectors
 
 ECR = "111122223333.dkr.ecr.eu-west-1.amazonaws.com"
 ECR_GLOB = "*.dkr.ecr.*.amazonaws.com/**"

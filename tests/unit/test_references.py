@@ -6,7 +6,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from webhook import errors, references
+from webhook import errors
+from webhook.core import references
 
 SHA256 = references.Digest("sha256:" + hashlib.sha256(b"manifest").hexdigest())
 NEW_SHA256 = references.Digest("sha256:" + hashlib.sha256(b"another manifest").hexdigest())

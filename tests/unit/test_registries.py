@@ -4,7 +4,8 @@ from collections.abc import Collection, Mapping
 
 import pytest
 
-from webhook import references, registries, resolutions
+from webhook.core import outcomes, references
+from webhook.registries import protocol, routing
 
 DIGEST = references.Digest("sha256:" + "a" * 64)
 
@@ -17,26 +18,26 @@ class Recording:
 
     def lookup(
         self,
-        repository: resolutions.Repository,
-        queries: Collection[resolutions.Query],
+        repository: outcomes.Repository,
+        queries: Collection[outcomes.Query],
         *,
         timeout: float,
-    ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+    ) -> Mapping[outcomes.Query, outcomes.Outcome]:
         self.asked.append(repository.registry)
-        return {q: resolutions.Found(DIGEST, resolutions.OCI_INDEX) for q in queries}
+        return {q: outcomes.Found(DIGEST, protocol.OCI_INDEX) for q in queries}
 
     def mutability(
-        self, repository: resolutions.Repository, *, timeout: float
-    ) -> resolutions.MutabilityOutcome:
+        self, repository: outcomes.Repository, *, timeout: float
+    ) -> outcomes.MutabilityOutcome:
         self.asked.append(repository.registry)
-        return resolutions.TagMutability(resolutions.Mutability.IMMUTABLE)
+        return outcomes.TagMutability(outcomes.Mutability.IMMUTABLE)
 
 
 def ask(registry: str) -> tuple[list[str], list[str]]:
     ecr, oci = Recording(), Recording()
-    router = registries.RoutingClient(ecr, oci)
-    repository = resolutions.Repository(registry, "team/app")
-    router.lookup(repository, [resolutions.Query(repository, tag="v1")], timeout=1.0)
+    router = routing.RoutingClient(ecr, oci)
+    repository = outcomes.Repository(registry, "team/app")
+    router.lookup(repository, [outcomes.Query(repository, tag="v1")], timeout=1.0)
     router.mutability(repository, timeout=1.0)
     return ecr.asked, oci.asked
 
@@ -69,9 +70,9 @@ def test_every_other_registry_goes_to_the_oci_client(registry: str) -> None:
 
 
 def test_the_answer_is_the_chosen_clients() -> None:
-    router = registries.RoutingClient(Recording(), Recording())
-    repository = resolutions.Repository("ghcr.io", "team/app")
-    query = resolutions.Query(repository, tag="v1")
+    router = routing.RoutingClient(Recording(), Recording())
+    repository = outcomes.Repository("ghcr.io", "team/app")
+    query = outcomes.Query(repository, tag="v1")
     assert router.lookup(repository, [query], timeout=1.0) == {
-        query: resolutions.Found(DIGEST, resolutions.OCI_INDEX)
+        query: outcomes.Found(DIGEST, protocol.OCI_INDEX)
     }

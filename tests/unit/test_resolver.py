@@ -7,26 +7,28 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 
 import pytest
 
-from webhook import errors, metrics, references, resolutions, resolver
+from webhook import errors, metrics
+from webhook.core import outcomes, references
+from webhook.registries import resolver
 
 REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
-APP = resolutions.Repository(REGISTRY, "team/app")
-API = resolutions.Repository(REGISTRY, "team/api")
+APP = outcomes.Repository(REGISTRY, "team/app")
+API = outcomes.Repository(REGISTRY, "team/api")
 MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 LONG = 30.0
 """A deadline far enough away that only a hanging registry can reach it."""
 
 
-def tag(name: str, repository: resolutions.Repository = APP) -> resolutions.Query:
-    return resolutions.Query(repository, tag=name)
+def tag(name: str, repository: outcomes.Repository = APP) -> outcomes.Query:
+    return outcomes.Query(repository, tag=name)
 
 
 def digest_of(name: str) -> references.Digest:
     return references.Digest("sha256:" + hashlib.sha256(name.encode()).hexdigest())
 
 
-def found(name: str) -> resolutions.Found:
-    return resolutions.Found(digest_of(name), MEDIA_TYPE)
+def found(name: str) -> outcomes.Found:
+    return outcomes.Found(digest_of(name), MEDIA_TYPE)
 
 
 class FakeClock:
@@ -44,10 +46,10 @@ class FakeRegistry:
     """An in-memory registry client that records its calls and can fail or hang."""
 
     def __init__(self) -> None:
-        self.images: dict[resolutions.Query, resolutions.Outcome] = {}
-        self.mutabilities: dict[resolutions.Repository, resolutions.MutabilityOutcome] = {}
-        self.lookups: list[tuple[resolutions.Repository, frozenset[resolutions.Query]]] = []
-        self.describes: list[resolutions.Repository] = []
+        self.images: dict[outcomes.Query, outcomes.Outcome] = {}
+        self.mutabilities: dict[outcomes.Repository, outcomes.MutabilityOutcome] = {}
+        self.lookups: list[tuple[outcomes.Repository, frozenset[outcomes.Query]]] = []
+        self.describes: list[outcomes.Repository] = []
         self.timeouts: list[float] = []
         self.threads: list[int] = []
         self.failure: Exception | None = None
@@ -63,11 +65,11 @@ class FakeRegistry:
 
     def lookup(
         self,
-        repository: resolutions.Repository,
-        queries: Collection[resolutions.Query],
+        repository: outcomes.Repository,
+        queries: Collection[outcomes.Query],
         *,
         timeout: float,
-    ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+    ) -> Mapping[outcomes.Query, outcomes.Outcome]:
         with self._lock:
             self.lookups.append((repository, frozenset(queries)))
             self.timeouts.append(timeout)
@@ -76,20 +78,20 @@ class FakeRegistry:
         if self.failure is not None:
             raise self.failure
         return {
-            q: self.images.get(q, resolutions.Missing("ImageNotFound", f"{q}: not found"))
+            q: self.images.get(q, outcomes.Missing("ImageNotFound", f"{q}: not found"))
             for q in queries
         }
 
     def mutability(
-        self, repository: resolutions.Repository, *, timeout: float
-    ) -> resolutions.MutabilityOutcome:
+        self, repository: outcomes.Repository, *, timeout: float
+    ) -> outcomes.MutabilityOutcome:
         with self._lock:
             self.describes.append(repository)
         self.gate.wait(LONG)
         if self.failure is not None:
             raise self.failure
         return self.mutabilities.get(
-            repository, resolutions.TagMutability(resolutions.Mutability.MUTABLE)
+            repository, outcomes.TagMutability(outcomes.Mutability.MUTABLE)
         )
 
 
@@ -120,10 +122,10 @@ async def the_resolver(
 async def resolve(
     the_resolver: resolver.Resolver,
     clock: FakeClock,
-    *queries: resolutions.Query,
+    *queries: outcomes.Query,
     max_stale: float = 600.0,
     within: float = LONG,
-) -> dict[resolutions.Query, resolutions.Outcome]:
+) -> dict[outcomes.Query, outcomes.Outcome]:
     return await the_resolver.resolve(dict.fromkeys(queries, max_stale), deadline=clock() + within)
 
 
@@ -159,7 +161,7 @@ async def test_every_query_gets_the_registry_answer(
 
     assert answers == {
         tag("v1"): found("v1"),
-        tag("gone"): resolutions.Missing("ImageNotFound", f"{tag('gone')}: not found"),
+        tag("gone"): outcomes.Missing("ImageNotFound", f"{tag('gone')}: not found"),
     }
 
 
@@ -234,7 +236,7 @@ async def test_concurrent_mutability_questions_share_one_call(
     )
 
     assert registry.describes == [APP]
-    assert all(isinstance(answer[APP], resolutions.TagMutability) for answer in answers)
+    assert all(isinstance(answer[APP], outcomes.TagMutability) for answer in answers)
 
 
 # Threads and timeouts
@@ -303,7 +305,7 @@ async def test_a_newly_pushed_tag_is_found_once_the_negative_ttl_passes(
 async def test_unknown_is_never_cached(
     the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
 ) -> None:
-    registry.images[tag("v1")] = resolutions.Unknown("KmsError")
+    registry.images[tag("v1")] = outcomes.Unknown("KmsError")
     await resolve(the_resolver, clock, tag("v1"))
     registry.images[tag("v1")] = found("v1")
 
@@ -328,12 +330,12 @@ async def test_a_registry_error_is_never_cached(
 async def test_corrupt_is_never_cached(
     the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
 ) -> None:
-    registry.images[tag("v1")] = resolutions.Corrupt("digest mismatch")
+    registry.images[tag("v1")] = outcomes.Corrupt("digest mismatch")
     await resolve(the_resolver, clock, tag("v1"))
 
     answers = await resolve(the_resolver, clock, tag("v1"))
 
-    assert answers[tag("v1")] == resolutions.Corrupt("digest mismatch")
+    assert answers[tag("v1")] == outcomes.Corrupt("digest mismatch")
     assert len(registry.lookups) == 2
 
 
@@ -391,8 +393,8 @@ async def test_unknown_mutability_is_never_cached(
 
     second = await the_resolver.mutability([APP], deadline=clock() + LONG)
 
-    assert isinstance(first[APP], resolutions.Unknown)
-    assert second[APP] == resolutions.TagMutability(resolutions.Mutability.MUTABLE)
+    assert isinstance(first[APP], outcomes.Unknown)
+    assert second[APP] == outcomes.TagMutability(outcomes.Mutability.MUTABLE)
 
 
 # Deadlines
@@ -406,7 +408,7 @@ async def test_the_deadline_is_honoured_when_the_registry_hangs(
     answers = await resolve(the_resolver, clock, tag("v1"), within=0.05)
 
     outcome = answers[tag("v1")]
-    assert isinstance(outcome, resolutions.Unknown)
+    assert isinstance(outcome, outcomes.Unknown)
     assert "did not answer within the deadline" in outcome.message
 
 
@@ -417,7 +419,7 @@ async def test_mutability_honours_the_deadline_when_the_registry_hangs(
 
     answers = await the_resolver.mutability([APP], deadline=clock() + 0.05)
 
-    assert isinstance(answers[APP], resolutions.Unknown)
+    assert isinstance(answers[APP], outcomes.Unknown)
 
 
 async def test_a_call_abandoned_at_the_deadline_still_answers_the_next_admission(
@@ -439,7 +441,7 @@ async def test_a_deadline_already_past_calls_nothing_and_answers_unknown(
 ) -> None:
     answers = await resolve(the_resolver, clock, tag("v1"), within=-1.0)
 
-    assert isinstance(answers[tag("v1")], resolutions.Unknown)
+    assert isinstance(answers[tag("v1")], outcomes.Unknown)
     assert registry.lookups == []
 
 
@@ -453,7 +455,7 @@ async def test_a_registry_error_makes_every_query_of_the_call_unknown(
 
     answers = await resolve(the_resolver, clock, tag("a"), tag("b"), max_stale=0.0)
 
-    assert all(isinstance(outcome, resolutions.Unknown) for outcome in answers.values())
+    assert all(isinstance(outcome, outcomes.Unknown) for outcome in answers.values())
     assert "ECR BatchGetImage throttled" in str(answers[tag("a")])
 
 
@@ -464,7 +466,7 @@ async def test_an_unexpected_client_exception_becomes_unknown(
 
     answers = await resolve(the_resolver, clock, tag("a"))
 
-    assert isinstance(answers[tag("a")], resolutions.Unknown)
+    assert isinstance(answers[tag("a")], outcomes.Unknown)
 
 
 async def test_a_query_the_client_left_out_is_unknown(
@@ -473,11 +475,11 @@ async def test_a_query_the_client_left_out_is_unknown(
     class Forgetful(FakeRegistry):
         def lookup(
             self,
-            repository: resolutions.Repository,
-            queries: Collection[resolutions.Query],
+            repository: outcomes.Repository,
+            queries: Collection[outcomes.Query],
             *,
             timeout: float,
-        ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+        ) -> Mapping[outcomes.Query, outcomes.Outcome]:
             return {}
 
     forgetful = resolver.Resolver(Forgetful(), clock=clock)
@@ -486,7 +488,7 @@ async def test_a_query_the_client_left_out_is_unknown(
     finally:
         await forgetful.aclose()
 
-    assert isinstance(answers[tag("a")], resolutions.Unknown)
+    assert isinstance(answers[tag("a")], outcomes.Unknown)
 
 
 async def test_a_closed_resolver_answers_unknown_without_calling_the_registry(
@@ -497,7 +499,7 @@ async def test_a_closed_resolver_answers_unknown_without_calling_the_registry(
 
     answers = await resolve(closed, clock, tag("a"))
 
-    assert isinstance(answers[tag("a")], resolutions.Unknown)
+    assert isinstance(answers[tag("a")], outcomes.Unknown)
     assert registry.lookups == []
 
 
@@ -514,7 +516,7 @@ async def test_a_stale_digest_is_served_within_max_stale_when_the_registry_error
 
     answers = await resolve(the_resolver, clock, tag("v1"), max_stale=600.0)
 
-    assert answers[tag("v1")] == resolutions.Found(digest_of("v1"), MEDIA_TYPE, age_seconds=120.0)
+    assert answers[tag("v1")] == outcomes.Found(digest_of("v1"), MEDIA_TYPE, age_seconds=120.0)
 
 
 async def test_a_stale_digest_older_than_max_stale_is_not_served(
@@ -527,7 +529,7 @@ async def test_a_stale_digest_older_than_max_stale_is_not_served(
 
     answers = await resolve(the_resolver, clock, tag("v1"), max_stale=119.0)
 
-    assert isinstance(answers[tag("v1")], resolutions.Unknown)
+    assert isinstance(answers[tag("v1")], outcomes.Unknown)
 
 
 async def test_a_stale_digest_is_served_when_the_registry_misses_the_deadline(
@@ -540,7 +542,7 @@ async def test_a_stale_digest_is_served_when_the_registry_misses_the_deadline(
 
     answers = await resolve(the_resolver, clock, tag("v1"), within=0.05)
 
-    assert answers[tag("v1")] == resolutions.Found(digest_of("v1"), MEDIA_TYPE, age_seconds=61.0)
+    assert answers[tag("v1")] == outcomes.Found(digest_of("v1"), MEDIA_TYPE, age_seconds=61.0)
 
 
 async def test_a_missing_answer_is_never_replaced_by_a_stale_digest(
@@ -553,7 +555,7 @@ async def test_a_missing_answer_is_never_replaced_by_a_stale_digest(
 
     answers = await resolve(the_resolver, clock, tag("v1"))
 
-    assert isinstance(answers[tag("v1")], resolutions.Missing)
+    assert isinstance(answers[tag("v1")], outcomes.Missing)
 
 
 async def test_a_stale_answer_is_counted_as_stale(

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook import reviews
+from webhook.serving import reviews
 
 UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
 _ABSENT = object()

@@ -3,7 +3,7 @@
 Every replica runs `SelfManagedTLS.run`, which reconciles now and then every minute:
 
 1. read the Secret `<tls-secret-name>` in the webhook's namespace (never any other);
-2. decide with `webhook.certificates.renew` what it must hold (create, renew, rotate
+2. decide with `webhook.tls.certificates.renew` what it must hold (create, renew, rotate
    the CA, trim the bundle) and write it if that differs: `create` when it is absent,
    else a patch carrying the `resourceVersion` that was read. When replicas race, the
    loser gets 409 (AlreadyExists or Conflict), reads the winner's Secret and adopts it;
@@ -47,7 +47,7 @@ from typing import Any, Final
 
 import kubernetes
 
-from webhook import certificates
+from webhook.tls import certificates
 
 logger = logging.getLogger("digestguard.tlssecret")
 

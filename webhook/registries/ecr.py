@@ -1,6 +1,6 @@
 """The Amazon ECR client: the only module that imports boto3 and botocore.
 
-`EcrClient` implements `resolutions.RegistryClient` with two blocking calls,
+`EcrClient` implements `protocol.RegistryClient` with two blocking calls,
 `BatchGetImage` (one per repository, up to 100 images each) and
 `DescribeRepositories`. The resolver runs them in its thread pool.
 
@@ -61,7 +61,9 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from webhook import errors, metrics, references, resolutions, retries
+from webhook import errors, metrics
+from webhook.core import outcomes, references
+from webhook.registries import protocol, retries
 
 if TYPE_CHECKING:
     from types_boto3_ecr.client import ECRClient
@@ -167,34 +169,34 @@ class EcrClient:
 
     def lookup(
         self,
-        repository: resolutions.Repository,
-        queries: Collection[resolutions.Query],
+        repository: outcomes.Repository,
+        queries: Collection[outcomes.Query],
         *,
         timeout: float,
-    ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+    ) -> Mapping[outcomes.Query, outcomes.Outcome]:
         """Every query's outcome, from one BatchGetImage per 100 queries."""
         started = time.monotonic()
         budget_end = started + timeout
         registry = _ecr_registry(repository)
-        outcomes: dict[resolutions.Query, resolutions.Outcome] = {}
-        askable: list[resolutions.Query] = []
+        results: dict[outcomes.Query, outcomes.Outcome] = {}
+        askable: list[outcomes.Query] = []
         for query in queries:
             if query.tag is None and query.digest is None:
-                outcomes[query] = resolutions.Missing(
+                results[query] = outcomes.Missing(
                     "MissingDigestAndTag", f"{query}: the reference has neither tag nor digest"
                 )
             else:
                 askable.append(query)
         if not askable:
-            return outcomes
+            return results
         if not _is_ecr_repository_name(repository.name):
             message = (
                 f"repository name {repository.name!r} is not one ECR can hold"
                 " (2-256 characters: lowercase letters and digits separated by"
                 " '.', '_', '__', '-' or '/')"
             )
-            return outcomes | {
-                q: resolutions.Missing(INVALID_REPOSITORY_NAME, message) for q in askable
+            return results | {
+                q: outcomes.Missing(INVALID_REPOSITORY_NAME, message) for q in askable
             }
 
         client = self._client(registry)
@@ -203,22 +205,22 @@ class EcrClient:
             for start in range(0, len(askable), MAX_IMAGE_IDS):
                 chunk = askable[start : start + MAX_IMAGE_IDS]
                 try:
-                    outcomes |= self._batch_get_image(
+                    results |= self._batch_get_image(
                         client, registry, repository, chunk, budget_end
                     )
                 except errors.RegistryError as exc:
                     if start == 0:
                         raise
                     # Earlier requests answered: keep their answers, the rest could not tell.
-                    unknown = resolutions.Unknown(f"{repository}: {exc}")
-                    return outcomes | dict.fromkeys(askable[start:], unknown)
+                    unknown = outcomes.Unknown(f"{repository}: {exc}")
+                    return results | dict.fromkeys(askable[start:], unknown)
         finally:
             metrics.REGISTRY_SECONDS.labels(BATCH_GET_IMAGE).observe(time.monotonic() - started)
-        return outcomes
+        return results
 
     def mutability(
-        self, repository: resolutions.Repository, *, timeout: float
-    ) -> resolutions.MutabilityOutcome:
+        self, repository: outcomes.Repository, *, timeout: float
+    ) -> outcomes.MutabilityOutcome:
         """The repository's tag mutability and exclusion filters, from DescribeRepositories."""
         started = time.monotonic()
         budget_end = started + timeout
@@ -236,7 +238,7 @@ class EcrClient:
             )
         except _CallFailed as exc:
             if exc.code == "RepositoryNotFoundException":
-                return resolutions.Unknown(
+                return outcomes.Unknown(
                     f"repository {repository.name} does not exist in account"
                     f" {registry.account}, region {registry.region}"
                 )
@@ -248,7 +250,7 @@ class EcrClient:
         for described in response.get("repositories", []):
             if described.get("repositoryName") == repository.name:
                 return _tag_mutability(repository, dict(described))
-        return resolutions.Unknown(
+        return outcomes.Unknown(
             f"DescribeRepositories did not describe {repository.name} in account"
             f" {registry.account}, region {registry.region}"
         )
@@ -283,10 +285,10 @@ class EcrClient:
         self,
         client: "ECRClient",
         registry: references.EcrRegistry,
-        repository: resolutions.Repository,
-        queries: Sequence[resolutions.Query],
+        repository: outcomes.Repository,
+        queries: Sequence[outcomes.Query],
         budget_end: float,
-    ) -> dict[resolutions.Query, resolutions.Outcome]:
+    ) -> dict[outcomes.Query, outcomes.Outcome]:
         image_ids: list[ImageIdentifierTypeDef] = [_image_id(q) for q in queries]
         context = _context(BATCH_GET_IMAGE, registry, repository) | {"images": len(queries)}
         try:
@@ -296,14 +298,14 @@ class EcrClient:
                     registryId=registry.account,
                     repositoryName=repository.name,
                     imageIds=image_ids,
-                    acceptedMediaTypes=list(resolutions.ACCEPTED_MEDIA_TYPES),
+                    acceptedMediaTypes=list(protocol.ACCEPTED_MEDIA_TYPES),
                 ),
                 budget_end=budget_end,
                 context=context,
             )
         except _CallFailed as exc:
             if exc.code == "RepositoryNotFoundException":
-                missing = resolutions.Missing(
+                missing = outcomes.Missing(
                     REPOSITORY_NOT_FOUND,
                     f"repository {repository.name} does not exist in account"
                     f" {registry.account}, region {registry.region}",
@@ -373,7 +375,7 @@ class EcrClient:
             )
 
 
-def _ecr_registry(repository: resolutions.Repository) -> references.EcrRegistry:
+def _ecr_registry(repository: outcomes.Repository) -> references.EcrRegistry:
     registry = references.parse_ecr_host(repository.registry)
     if registry is None:
         raise errors.RegistryError(f"{repository.registry} is not an ECR private registry host")
@@ -384,11 +386,11 @@ def _is_ecr_repository_name(name: str) -> bool:
     return len(name) in _ECR_REPOSITORY_NAME_LENGTH and bool(_ECR_REPOSITORY_NAME.fullmatch(name))
 
 
-def _query_sort_key(query: resolutions.Query) -> tuple[str, str]:
+def _query_sort_key(query: outcomes.Query) -> tuple[str, str]:
     return (query.tag or "", query.digest or "")
 
 
-def _image_id(query: resolutions.Query) -> "ImageIdentifierTypeDef":
+def _image_id(query: outcomes.Query) -> "ImageIdentifierTypeDef":
     image_id: ImageIdentifierTypeDef = {}
     if query.tag is not None:
         image_id["imageTag"] = query.tag
@@ -398,7 +400,7 @@ def _image_id(query: resolutions.Query) -> "ImageIdentifierTypeDef":
 
 
 def _context(
-    operation: str, registry: references.EcrRegistry, repository: resolutions.Repository
+    operation: str, registry: references.EcrRegistry, repository: outcomes.Repository
 ) -> dict[str, Any]:
     return {
         "operation": operation,
@@ -412,7 +414,7 @@ def _registry_error(
     exc: _CallFailed,
     operation: str,
     registry: references.EcrRegistry,
-    repository: resolutions.Repository,
+    repository: outcomes.Repository,
 ) -> errors.RegistryError:
     where = f"repository {repository.name} (account {registry.account}, region {registry.region})"
     if exc.code in {"AccessDeniedException", "AccessDenied"}:
@@ -436,86 +438,86 @@ def _registry_error(
 
 
 def _outcomes(
-    repository: resolutions.Repository,
-    queries: Sequence[resolutions.Query],
+    repository: outcomes.Repository,
+    queries: Sequence[outcomes.Query],
     images: Sequence[Mapping[str, Any]],
     failures: Sequence[Mapping[str, Any]],
-) -> dict[resolutions.Query, resolutions.Outcome]:
+) -> dict[outcomes.Query, outcomes.Outcome]:
     """Map one BatchGetImage answer to the queries it was asked."""
-    outcomes: dict[resolutions.Query, resolutions.Outcome] = {}
+    results: dict[outcomes.Query, outcomes.Outcome] = {}
     for image in images:
         image_id = image.get("imageId", {})
-        answered = [q for q in queries if q not in outcomes and _image_answers(q, image_id)]
+        answered = [q for q in queries if q not in results and _image_answers(q, image_id)]
         if answered:
             outcome = _verified(repository, image)
-            outcomes.update(dict.fromkeys(answered, outcome))
+            results.update(dict.fromkeys(answered, outcome))
     for failure in failures:
         image_id = failure.get("imageId", {})
         code = str(failure.get("failureCode", "Unknown"))
         reason = str(failure.get("failureReason", "")) or code
         for query in queries:
-            if query in outcomes or not _failure_is_about(query, image_id):
+            if query in results or not _failure_is_about(query, image_id):
                 continue
             if code in MISSING_FAILURE_CODES:
-                outcomes[query] = resolutions.Missing(code, f"{query}: {reason}")
+                results[query] = outcomes.Missing(code, f"{query}: {reason}")
             else:
-                outcomes[query] = resolutions.Unknown(f"{query}: ECR failure {code}: {reason}")
+                results[query] = outcomes.Unknown(f"{query}: ECR failure {code}: {reason}")
     for query in queries:
-        if query not in outcomes:
-            outcomes[query] = resolutions.Unknown(f"{query}: ECR's answer did not mention it")
-    return outcomes
+        if query not in results:
+            results[query] = outcomes.Unknown(f"{query}: ECR's answer did not mention it")
+    return results
 
 
-def _image_answers(query: resolutions.Query, image_id: Mapping[str, Any]) -> bool:
+def _image_answers(query: outcomes.Query, image_id: Mapping[str, Any]) -> bool:
     if query.digest is not None and image_id.get("imageDigest") != query.digest:
         return False
     return query.tag is None or image_id.get("imageTag") == query.tag
 
 
-def _failure_is_about(query: resolutions.Query, image_id: Mapping[str, Any]) -> bool:
+def _failure_is_about(query: outcomes.Query, image_id: Mapping[str, Any]) -> bool:
     return image_id.get("imageTag") == query.tag and image_id.get("imageDigest") == query.digest
 
 
 def _verified(
-    repository: resolutions.Repository, image: Mapping[str, Any]
-) -> resolutions.Found | resolutions.Corrupt:
+    repository: outcomes.Repository, image: Mapping[str, Any]
+) -> outcomes.Found | outcomes.Corrupt:
     """The image's digest, once its manifest is proven to hash to it."""
     digest = str(image.get("imageId", {}).get("imageDigest", ""))
     manifest = image.get("imageManifest")
     algorithm, _, expected = digest.partition(":")
     if not isinstance(manifest, str):
-        return resolutions.Corrupt(f"ECR returned {repository}@{digest} without its manifest")
+        return outcomes.Corrupt(f"ECR returned {repository}@{digest} without its manifest")
     if algorithm not in _HASHES or not expected:
-        return resolutions.Corrupt(
+        return outcomes.Corrupt(
             f"ECR returned {repository}@{digest!r}, a digest that cannot be verified"
         )
     actual = hashlib.new(algorithm, manifest.encode("utf-8")).hexdigest()
     if actual != expected.lower():
-        return resolutions.Corrupt(
+        return outcomes.Corrupt(
             f"ECR returned a manifest for {repository}@{digest} that hashes to"
             f" {algorithm}:{actual}: integrity check failed"
         )
-    media_type = image.get("imageManifestMediaType") or resolutions.declared_media_type(manifest)
-    return resolutions.Found(references.Digest(digest), str(media_type))
+    media_type = image.get("imageManifestMediaType") or protocol.declared_media_type(manifest)
+    return outcomes.Found(references.Digest(digest), str(media_type))
 
 
 def _tag_mutability(
-    repository: resolutions.Repository, described: Mapping[str, Any]
-) -> resolutions.MutabilityOutcome:
-    raw_mode = described.get("imageTagMutability", resolutions.Mutability.MUTABLE.value)
+    repository: outcomes.Repository, described: Mapping[str, Any]
+) -> outcomes.MutabilityOutcome:
+    raw_mode = described.get("imageTagMutability", outcomes.Mutability.MUTABLE.value)
     try:
-        mode = resolutions.Mutability(raw_mode)
+        mode = outcomes.Mutability(raw_mode)
     except ValueError:
-        return resolutions.Unknown(f"{repository} has tag mutability {raw_mode!r}, unknown here")
+        return outcomes.Unknown(f"{repository} has tag mutability {raw_mode!r}, unknown here")
     # Older ECR answers (and older botocore models) have no exclusion filters at all.
     exclusions: list[str] = []
     for entry in described.get("imageTagMutabilityExclusionFilters") or []:
         filter_type = entry.get("filterType", "WILDCARD")
         if filter_type != "WILDCARD" or not isinstance(entry.get("filter"), str):
             # An exclusion that cannot be evaluated could make any tag mutable.
-            return resolutions.Unknown(
+            return outcomes.Unknown(
                 f"{repository} has a tag mutability exclusion filter of type"
                 f" {filter_type!r}, unknown here"
             )
         exclusions.append(entry["filter"])
-    return resolutions.TagMutability(mode, tuple(exclusions))
+    return outcomes.TagMutability(mode, tuple(exclusions))

@@ -21,7 +21,10 @@ from typing import Any
 import kopf
 from kopf._core.reactor import inventory
 
-from webhook import decisions, errors, metrics, names, policies, resolver, serving
+from webhook import errors, metrics, names
+from webhook.core import decisions, policies
+from webhook.registries import resolver
+from webhook.serving import server
 
 logger = logging.getLogger("digestguard.admission")
 
@@ -59,10 +62,10 @@ class _DirectPatch:
     writes the patch itself and this wrapper puts it into kopf's response.
     """
 
-    def __init__(self, server: serving.AdmissionServer) -> None:
+    def __init__(self, server: server.AdmissionServer) -> None:
         self._server = server
 
-    def __call__(self, fn: serving.ReviewFn) -> AsyncIterator[dict[str, Any]]:
+    def __call__(self, fn: server.ReviewFn) -> AsyncIterator[dict[str, Any]]:
         async def review(request: Any, **kwargs: Any) -> Any:
             ops: JsonPatch = []
             token = _PATCH.set(ops)
@@ -121,7 +124,7 @@ class Admission:
 
     async def run(
         self,
-        server: serving.AdmissionServer,
+        server: server.AdmissionServer,
         *,
         stop_flag: asyncio.Event,
         ready_flag: asyncio.Event | None = None,
@@ -223,11 +226,11 @@ class Admission:
         if not the_plan.subjects:
             return None
         deadline = self.clock() + self.resolve_deadline
-        outcomes, mutabilities = await asyncio.gather(
+        results, mutabilities = await asyncio.gather(
             self.resolver.resolve(the_plan.queries, deadline=deadline),
             self.resolver.mutability(the_plan.repositories_for_mutability, deadline=deadline),
         )
-        return decisions.decide(the_plan, outcomes, mutabilities)
+        return decisions.decide(the_plan, results, mutabilities)
 
     async def _namespace_labels(self, namespace: str, index: Mapping[Any, Any]) -> dict[str, str]:
         if not namespace:

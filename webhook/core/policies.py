@@ -7,7 +7,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeVar
 
-from webhook import durations, errors, selectors
+from webhook import errors
+from webhook.core import durations, selectors
 
 
 class Action(enum.Enum):

@@ -11,11 +11,8 @@ A lookup of one image ends in exactly one of four outcomes:
 import dataclasses
 import enum
 import fnmatch
-import json
-from collections.abc import Collection, Mapping
-from typing import Final, Protocol
 
-from webhook import references
+from webhook.core import references
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,27 +38,6 @@ class Query:
         if self.digest is not None:
             return f"{self.repository}@{self.digest}"
         return f"{self.repository}:{self.tag}"
-
-
-OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
-ACCEPTED_MEDIA_TYPES: Final = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
-"""Sent with every manifest request: without them a registry may convert a manifest (to
-Docker schema 1, or to one platform of an index), and the digest of a converted manifest
-is not the one a kubelet pulls. With the index types accepted, a multi-arch image is
-pinned by its index digest."""
-
-
-def declared_media_type(manifest: str | bytes) -> str:
-    """The `mediaType` a manifest declares in its own JSON; empty when it declares none."""
-    try:
-        document = json.loads(manifest)
-    except ValueError:
-        return ""
-    media_type = document.get("mediaType", "") if isinstance(document, dict) else ""
-    return media_type if isinstance(media_type, str) else ""
 
 
 IMPLICIT_TAG = "latest"
@@ -129,18 +105,3 @@ class TagMutability:
 
 
 MutabilityOutcome = TagMutability | Unknown
-
-
-class RegistryClient(Protocol):
-    """The blocking calls a registry client offers; the resolver runs them in threads.
-
-    Each call covers one repository and answers every query it was given; it raises
-    `errors.RegistryError` when the call as a whole produced no per-image answer
-    (unreachable, refused, or out of time).
-    """
-
-    def lookup(
-        self, repository: Repository, queries: Collection[Query], *, timeout: float
-    ) -> Mapping[Query, Outcome]: ...
-
-    def mutability(self, repository: Repository, *, timeout: float) -> MutabilityOutcome: ...

@@ -3,7 +3,7 @@
 It works in two pure steps around the resolver's I/O:
 
     plan(review, policies, namespace_labels, phase)  ->  Plan   (what to ask the registry)
-    decide(plan, outcomes, mutabilities)             ->  Verdict (allow / deny / edits / warnings)
+    decide(plan, results, mutabilities)             ->  Verdict (allow / deny / edits / warnings)
 
 Who does what (DESIGN.md, "Policies"):
 
@@ -21,7 +21,8 @@ import json
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
-from webhook import containers, errors, names, policies, references, resolutions
+from webhook import errors, names
+from webhook.core import containers, outcomes, policies, references
 
 
 class Phase(enum.Enum):
@@ -54,20 +55,20 @@ class Subject:
     max_stale_seconds: float
 
     @functools.cached_property
-    def lookup(self) -> resolutions.Query | None:
+    def lookup(self) -> outcomes.Query | None:
         """The query whose outcome says whether the image exists (None: not a valid reference)."""
         ref = self.reference
         if ref is None:
             return None
-        return resolutions.existence_query(ref)
+        return outcomes.existence_query(ref)
 
     @functools.cached_property
-    def tag_check(self) -> resolutions.Query | None:
+    def tag_check(self) -> outcomes.Query | None:
         """For `repo:tag@digest`: the query telling whether the tag still points there."""
         ref = self.reference
         if ref is None or ref.digest is None or ref.tag is None:
             return None
-        return resolutions.Query(resolutions.Repository(ref.registry, ref.repository), tag=ref.tag)
+        return outcomes.Query(outcomes.Repository(ref.registry, ref.repository), tag=ref.tag)
 
     @property
     def is_tag_only(self) -> bool:
@@ -79,9 +80,9 @@ class Plan:
     phase: Phase
     kind: str
     subjects: tuple[Subject, ...]
-    queries: Mapping[resolutions.Query, float]
+    queries: Mapping[outcomes.Query, float]
     """Every query to resolve, with the smallest maxStale of the policies asking for it."""
-    repositories_for_mutability: frozenset[resolutions.Repository]
+    repositories_for_mutability: frozenset[outcomes.Repository]
     original_images: Mapping[str, str]
     """The `original-images` annotation already on the object."""
 
@@ -145,8 +146,8 @@ def plan(
     pod_labels = containers.pod_labels(review.obj)
     previous = _previous_images(review)
     subjects: list[Subject] = []
-    queries: dict[resolutions.Query, float] = {}
-    mutability: set[resolutions.Repository] = set()
+    queries: dict[outcomes.Query, float] = {}
+    mutability: set[outcomes.Repository] = set()
     policy_list = tuple(all_policies)
     for container in containers.walk(review.obj):
         # On UPDATE only what changed: an image already running is not re-judged.
@@ -202,8 +203,8 @@ def plan(
 
 def decide(
     the_plan: Plan,
-    outcomes: Mapping[resolutions.Query, resolutions.Outcome],
-    mutabilities: Mapping[resolutions.Repository, resolutions.MutabilityOutcome],
+    results: Mapping[outcomes.Query, outcomes.Outcome],
+    mutabilities: Mapping[outcomes.Repository, outcomes.MutabilityOutcome],
 ) -> Verdict:
     """Turn the registry's answers into a verdict; nothing here does I/O."""
     findings: list[Finding] = []
@@ -211,7 +212,7 @@ def decide(
     edits: list[Edit] = []
     originals = dict(the_plan.original_images)
     for subject in the_plan.subjects:
-        subject_findings, digest, notes = _judge(subject, the_plan, outcomes, mutabilities)
+        subject_findings, digest, notes = _judge(subject, the_plan, results, mutabilities)
         findings.extend(subject_findings)
         warnings.extend(notes)
         ref = subject.reference
@@ -280,19 +281,19 @@ def _acts_in(policy: policies.Policy, phase: Phase, kind: str) -> bool:
 def _judge(
     subject: Subject,
     the_plan: Plan,
-    outcomes: Mapping[resolutions.Query, resolutions.Outcome],
-    mutabilities: Mapping[resolutions.Repository, resolutions.MutabilityOutcome],
+    results: Mapping[outcomes.Query, outcomes.Outcome],
+    mutabilities: Mapping[outcomes.Repository, outcomes.MutabilityOutcome],
 ) -> tuple[list[Finding], references.Digest | None, list[str]]:
     """Findings for one image under each of its policies, its digest if known, and notes."""
     notes: list[str] = []
     deny_on_error = any(
         p.can_deny and p.on_resolve_error is policies.OnResolveError.DENY for p in subject.policies
     )
-    problem = _problem(subject, outcomes)
+    problem = _problem(subject, results)
     digest: references.Digest | None = None
     lookup = subject.lookup
-    outcome = outcomes.get(lookup) if lookup is not None else None
-    if isinstance(outcome, resolutions.Found):
+    outcome = results.get(lookup) if lookup is not None else None
+    if isinstance(outcome, outcomes.Found):
         digest = outcome.digest
         if outcome.age_seconds > 0:
             notes.append(
@@ -300,7 +301,7 @@ def _judge(
                 f" could not be reached; using the digest {outcome.digest} resolved"
                 f" {outcome.age_seconds:.0f}s ago [{names.REASON_STALE_DIGEST}]"
             )
-    moved = _tag_moved(subject, outcomes)
+    moved = _tag_moved(subject, results)
     if moved is not None:
         notes.append(moved)
 
@@ -322,23 +323,23 @@ def _judge(
 
 
 def _problem(
-    subject: Subject, outcomes: Mapping[resolutions.Query, resolutions.Outcome]
+    subject: Subject, results: Mapping[outcomes.Query, outcomes.Outcome]
 ) -> tuple[str, str, bool] | None:
     """(reason, detail, fatal) when the image cannot be confirmed to exist; fatal ones
     deny under Mutate/Enforce whatever onResolveError says."""
     if subject.reference is None or subject.lookup is None:
         return names.REASON_INVALID_REFERENCE, f"not a valid reference: {subject.problem}", True
-    outcome = outcomes.get(subject.lookup)
-    if isinstance(outcome, resolutions.Found):
+    outcome = results.get(subject.lookup)
+    if isinstance(outcome, outcomes.Found):
         return None
-    if isinstance(outcome, resolutions.Missing):
+    if isinstance(outcome, outcomes.Missing):
         what = "digest" if subject.lookup.digest else f"tag {subject.lookup.tag!r}"
         return (
             names.REASON_IMAGE_MISSING,
             f"{what} not found ({outcome.code}: {outcome.message})",
             True,
         )
-    if isinstance(outcome, resolutions.Corrupt):
+    if isinstance(outcome, outcomes.Corrupt):
         return names.REASON_INTEGRITY, outcome.message, True
     message = outcome.message if outcome is not None else "no answer"
     return names.REASON_REGISTRY_UNAVAILABLE, f"could not resolve the image: {message}", False
@@ -348,7 +349,7 @@ def _unpinned_violation(
     subject: Subject,
     policy: policies.Policy,
     the_plan: Plan,
-    mutabilities: Mapping[resolutions.Repository, resolutions.MutabilityOutcome],
+    mutabilities: Mapping[outcomes.Repository, outcomes.MutabilityOutcome],
 ) -> tuple[str, bool] | None:
     """(detail, decided) when a tag-only reference breaks `policy`; not decided when the
     tag mutability could not be read, so that onResolveError decides."""
@@ -357,7 +358,7 @@ def _unpinned_violation(
     if policy.action is policies.Action.MUTATE:
         return None
     if policy.allow_immutable_tags and subject.lookup is not None:
-        tag = subject.lookup.tag or resolutions.IMPLICIT_TAG
+        tag = subject.lookup.tag or outcomes.IMPLICIT_TAG
         if subject.reference is None or subject.reference.ecr is None:
             return (
                 f"referenced by the tag {tag!r}, and only Amazon ECR makes tags immutable"
@@ -365,7 +366,7 @@ def _unpinned_violation(
                 True,
             )
         setting = mutabilities.get(subject.lookup.repository)
-        if isinstance(setting, resolutions.TagMutability):
+        if isinstance(setting, outcomes.TagMutability):
             if setting.is_immutable(tag):
                 return None
             return (
@@ -381,14 +382,12 @@ def _unpinned_violation(
     return "referenced by tag only; pin it by digest (repo@sha256:...)", True
 
 
-def _tag_moved(
-    subject: Subject, outcomes: Mapping[resolutions.Query, resolutions.Outcome]
-) -> str | None:
+def _tag_moved(subject: Subject, results: Mapping[outcomes.Query, outcomes.Outcome]) -> str | None:
     check = subject.tag_check
     if check is None or subject.reference is None:
         return None
-    outcome = outcomes.get(check)
-    if isinstance(outcome, resolutions.Found) and outcome.digest != subject.reference.digest:
+    outcome = results.get(check)
+    if isinstance(outcome, outcomes.Found) and outcome.digest != subject.reference.digest:
         return (
             f"{subject.container.label}: image {subject.container.image!r}: tag {check.tag!r}"
             f" now points to {outcome.digest}; the pod keeps the pinned digest"

@@ -18,7 +18,8 @@ from typing import Any, Final, Protocol
 
 import aiohttp.web
 
-from webhook import metrics, names, reviews
+from webhook import metrics, names
+from webhook.serving import reviews
 
 logger = logging.getLogger("digestguard.serving")
 

@@ -1,7 +1,7 @@
 """The webhook's own CA and serving certificate: the only module that imports `cryptography`.
 
 Everything here is a pure function of its arguments (the current time included), so
-the renewal rules are unit-tested without a cluster; `webhook.tlssecret` does the I/O.
+the renewal rules are unit-tested without a cluster; `webhook.tls.secret` does the I/O.
 Certificates and keys cross this module's boundary as PEM bytes only.
 
 Choices, and why:

@@ -32,7 +32,9 @@ import time
 from collections.abc import Callable, Collection, Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
-from webhook import errors, metrics, references, resolutions
+from webhook import errors, metrics
+from webhook.core import outcomes, references
+from webhook.registries import protocol
 
 logger = logging.getLogger("digestguard.resolver")
 
@@ -109,38 +111,36 @@ class _DigestCache:
     def __len__(self) -> int:
         return len(self._lru)
 
-    def get(
-        self, query: resolutions.Query
-    ) -> _Entry[resolutions.Found | resolutions.Missing] | None:
+    def get(self, query: outcomes.Query) -> _Entry[outcomes.Found | outcomes.Missing] | None:
         entry = self._lru.get(_key(query))
         if entry is None:
             return None
         found, first, second = entry.value
         value = (
-            resolutions.Found(references.Digest(first), second)
+            outcomes.Found(references.Digest(first), second)
             if found
-            else resolutions.Missing(first, second)
+            else outcomes.Missing(first, second)
         )
         return _Entry(value, entry.stored_at)
 
-    def touch(self, query: resolutions.Query) -> None:
+    def touch(self, query: outcomes.Query) -> None:
         self._lru.touch(_key(query))
 
     def put(
         self,
-        query: resolutions.Query,
-        value: resolutions.Found | resolutions.Missing,
+        query: outcomes.Query,
+        value: outcomes.Found | outcomes.Missing,
         stored_at: float,
     ) -> None:
         stored: _Stored = (
             (True, value.digest, value.media_type)
-            if isinstance(value, resolutions.Found)
+            if isinstance(value, outcomes.Found)
             else (False, value.code, value.message)
         )
         self._lru.put(_key(query), stored, stored_at)
 
 
-def _key(query: resolutions.Query) -> _Key:
+def _key(query: outcomes.Query) -> _Key:
     return (query.repository.registry, query.repository.name, query.tag, query.digest)
 
 
@@ -162,7 +162,7 @@ class Resolver:
 
     def __init__(
         self,
-        client: resolutions.RegistryClient,
+        client: protocol.RegistryClient,
         *,
         ttl: float = 60.0,
         negative_ttl: float = 5.0,
@@ -178,12 +178,12 @@ class Resolver:
         self._clock = clock
         self._shared = max_entries > 0
         self._digests = _DigestCache(max_entries)
-        self._mutabilities: _LruCache[resolutions.Repository, resolutions.TagMutability] = (
-            _LruCache(MUTABILITY_CACHE, max_entries)
+        self._mutabilities: _LruCache[outcomes.Repository, outcomes.TagMutability] = _LruCache(
+            MUTABILITY_CACHE, max_entries
         )
-        self._digest_flights: dict[resolutions.Query, _Flight[Any, resolutions.Outcome]] = {}
+        self._digest_flights: dict[outcomes.Query, _Flight[Any, outcomes.Outcome]] = {}
         self._mutability_flights: dict[
-            resolutions.Repository, _Flight[Any, resolutions.MutabilityOutcome]
+            outcomes.Repository, _Flight[Any, outcomes.MutabilityOutcome]
         ] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="digestguard-registry"
@@ -192,14 +192,14 @@ class Resolver:
         self._closed = False
 
     async def resolve(
-        self, queries: Mapping[resolutions.Query, float], *, deadline: float
-    ) -> dict[resolutions.Query, resolutions.Outcome]:
+        self, queries: Mapping[outcomes.Query, float], *, deadline: float
+    ) -> dict[outcomes.Query, outcomes.Outcome]:
         """The outcome of every query; each value of `queries` is that query's max_stale seconds."""
         now = self._clock()
-        answers: dict[resolutions.Query, resolutions.Outcome] = {}
-        waiting: dict[resolutions.Query, _Flight[Any, resolutions.Outcome]] = {}
-        to_ask: dict[resolutions.Repository, list[resolutions.Query]] = {}
-        unshared: list[tuple[resolutions.Repository, list[resolutions.Query]]] = []
+        answers: dict[outcomes.Query, outcomes.Outcome] = {}
+        waiting: dict[outcomes.Query, _Flight[Any, outcomes.Outcome]] = {}
+        to_ask: dict[outcomes.Repository, list[outcomes.Query]] = {}
+        unshared: list[tuple[outcomes.Repository, list[outcomes.Query]]] = []
         for query in queries:
             entry = self._digests.get(query)
             if entry is not None and self._is_fresh(entry, now):
@@ -228,7 +228,7 @@ class Resolver:
         now = self._clock()
         stale = 0
         for query in waiting:
-            outcome = fresh.get(query) or resolutions.Unknown(
+            outcome = fresh.get(query) or outcomes.Unknown(
                 f"{query}: the registry did not answer within the deadline"
             )
             answer = self._stale_if_error(query, outcome, queries[query], now)
@@ -238,15 +238,15 @@ class Resolver:
         return answers
 
     async def mutability(
-        self, repositories: Collection[resolutions.Repository], *, deadline: float
-    ) -> dict[resolutions.Repository, resolutions.MutabilityOutcome]:
+        self, repositories: Collection[outcomes.Repository], *, deadline: float
+    ) -> dict[outcomes.Repository, outcomes.MutabilityOutcome]:
         """The tag mutability of every repository.
 
         Never served stale: an old IMMUTABLE could accept a tag that has since become mutable.
         """
         now = self._clock()
-        answers: dict[resolutions.Repository, resolutions.MutabilityOutcome] = {}
-        waiting: dict[resolutions.Repository, _Flight[Any, resolutions.MutabilityOutcome]] = {}
+        answers: dict[outcomes.Repository, outcomes.MutabilityOutcome] = {}
+        waiting: dict[outcomes.Repository, _Flight[Any, outcomes.MutabilityOutcome]] = {}
         for repository in set(repositories):
             entry = self._mutabilities.get(repository)
             if entry is not None and now - entry.stored_at < self._mutability_ttl:
@@ -266,7 +266,7 @@ class Resolver:
 
         fresh = await self._wait(waiting, deadline)
         for repository in waiting:
-            answers[repository] = fresh.get(repository) or resolutions.Unknown(
+            answers[repository] = fresh.get(repository) or outcomes.Unknown(
                 f"{repository}: the registry did not answer within the deadline"
             )
         _count(MUTABILITY_CACHE, hits=hits, stale=0, misses=len(waiting))
@@ -290,21 +290,21 @@ class Resolver:
         self._mutability_flights.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _is_fresh(self, entry: _Entry[resolutions.Found | resolutions.Missing], now: float) -> bool:
-        ttl = self._ttl if isinstance(entry.value, resolutions.Found) else self._negative_ttl
+    def _is_fresh(self, entry: _Entry[outcomes.Found | outcomes.Missing], now: float) -> bool:
+        ttl = self._ttl if isinstance(entry.value, outcomes.Found) else self._negative_ttl
         return now - entry.stored_at < ttl
 
     def _stale_if_error(
         self,
-        query: resolutions.Query,
-        outcome: resolutions.Outcome,
+        query: outcomes.Query,
+        outcome: outcomes.Outcome,
         max_stale: float,
         now: float,
-    ) -> resolutions.Outcome:
-        if not isinstance(outcome, resolutions.Unknown):
+    ) -> outcomes.Outcome:
+        if not isinstance(outcome, outcomes.Unknown):
             return outcome
         entry = self._digests.get(query)
-        if entry is None or not isinstance(entry.value, resolutions.Found):
+        if entry is None or not isinstance(entry.value, outcomes.Found):
             return outcome
         age = now - entry.stored_at
         if age > max_stale:
@@ -316,53 +316,53 @@ class Resolver:
         )
         return dataclasses.replace(entry.value, age_seconds=age)
 
-    def _remember(self, query: resolutions.Query, outcome: resolutions.Outcome, now: float) -> None:
-        if isinstance(outcome, resolutions.Found | resolutions.Missing):
+    def _remember(self, query: outcomes.Query, outcome: outcomes.Outcome, now: float) -> None:
+        if isinstance(outcome, outcomes.Found | outcomes.Missing):
             self._digests.put(query, outcome, now)
         # Unknown and Corrupt are not answers to keep; a Found already kept stays for
         # stale-if-error.
 
     async def _lookup(
         self,
-        repository: resolutions.Repository,
-        batch: list[resolutions.Query],
+        repository: outcomes.Repository,
+        batch: list[outcomes.Query],
         deadline: float,
-    ) -> dict[resolutions.Query, resolutions.Outcome]:
+    ) -> dict[outcomes.Query, outcomes.Outcome]:
         try:
             answers = await self._in_thread(
                 deadline, lambda timeout: self._client.lookup(repository, batch, timeout=timeout)
             )
         except errors.RegistryError as exc:
-            return dict.fromkeys(batch, resolutions.Unknown(f"{repository}: {exc}"))
+            return dict.fromkeys(batch, outcomes.Unknown(f"{repository}: {exc}"))
         except Exception as exc:
             logger.exception("registry lookup failed", extra={"repository": str(repository)})
             return dict.fromkeys(
-                batch, resolutions.Unknown(f"{repository}: the registry client failed: {exc!r}")
+                batch, outcomes.Unknown(f"{repository}: the registry client failed: {exc!r}")
             )
-        outcomes: dict[resolutions.Query, resolutions.Outcome] = {}
+        results: dict[outcomes.Query, outcomes.Outcome] = {}
         now = self._clock()
         for query in batch:
-            outcome = answers.get(query) or resolutions.Unknown(
+            outcome = answers.get(query) or outcomes.Unknown(
                 f"{query}: the registry client gave no answer"
             )
             self._remember(query, outcome, now)
-            outcomes[query] = outcome
-        return outcomes
+            results[query] = outcome
+        return results
 
     async def _describe(
-        self, repository: resolutions.Repository, deadline: float
-    ) -> dict[resolutions.Repository, resolutions.MutabilityOutcome]:
-        outcome: resolutions.MutabilityOutcome
+        self, repository: outcomes.Repository, deadline: float
+    ) -> dict[outcomes.Repository, outcomes.MutabilityOutcome]:
+        outcome: outcomes.MutabilityOutcome
         try:
             outcome = await self._in_thread(
                 deadline, lambda timeout: self._client.mutability(repository, timeout=timeout)
             )
         except errors.RegistryError as exc:
-            outcome = resolutions.Unknown(f"{repository}: {exc}")
+            outcome = outcomes.Unknown(f"{repository}: {exc}")
         except Exception as exc:
             logger.exception("registry mutability failed", extra={"repository": str(repository)})
-            outcome = resolutions.Unknown(f"{repository}: the registry client failed: {exc!r}")
-        if isinstance(outcome, resolutions.TagMutability):
+            outcome = outcomes.Unknown(f"{repository}: the registry client failed: {exc!r}")
+        if isinstance(outcome, outcomes.TagMutability):
             self._mutabilities.put(repository, outcome, self._clock())
         return {repository: outcome}
 

@@ -1,6 +1,6 @@
 """The OCI distribution client: digests from any registry that speaks the distribution API.
 
-`OciClient` implements `resolutions.RegistryClient` for every registry that is not an
+`OciClient` implements `protocol.RegistryClient` for every registry that is not an
 Amazon ECR private registry (Docker Hub, ECR Public, GHCR, Quay, Harbor, a CNCF
 distribution of your own…), with the standard library only. The API has no batch
 call: each image is one `GET /v2/<name>/manifests/<tag or digest>`, sent with the
@@ -61,7 +61,9 @@ import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final
 
-from webhook import __version__, errors, metrics, references, resolutions, retries
+from webhook import __version__, errors, metrics
+from webhook.core import outcomes, references
+from webhook.registries import protocol, retries
 
 logger = logging.getLogger("digestguard.oci")
 
@@ -173,7 +175,7 @@ def api_host(registry: str) -> str:
     return DOCKER_HUB_API_HOST if registry == references.DOCKER_HUB else registry
 
 
-def pull_scope(repository: resolutions.Repository) -> str:
+def pull_scope(repository: outcomes.Repository) -> str:
     """The token scope that lets an anonymous client read `repository`."""
     return f"repository:{repository.name}:pull"
 
@@ -336,15 +338,15 @@ class OciClient:
 
     def lookup(
         self,
-        repository: resolutions.Repository,
-        queries: Collection[resolutions.Query],
+        repository: outcomes.Repository,
+        queries: Collection[outcomes.Query],
         *,
         timeout: float,
-    ) -> Mapping[resolutions.Query, resolutions.Outcome]:
+    ) -> Mapping[outcomes.Query, outcomes.Outcome]:
         """Every query's outcome, one manifest GET each, within `timeout` seconds in all."""
         started = time.monotonic()
         budget_end = started + timeout
-        outcomes: dict[resolutions.Query, resolutions.Outcome] = {}
+        results: dict[outcomes.Query, outcomes.Outcome] = {}
         pending = sorted(queries, key=lambda q: (q.digest or "", q.tag or ""))
         try:
             for index, query in enumerate(pending):
@@ -354,32 +356,32 @@ class OciClient:
                     if index == 0:
                         raise
                     # Earlier images were answered: keep those answers, the rest could not tell.
-                    unknown = resolutions.Unknown(f"{repository}: {exc}")
-                    return outcomes | dict.fromkeys(pending[index:], unknown)
-                outcomes[query] = outcome
+                    unknown = outcomes.Unknown(f"{repository}: {exc}")
+                    return results | dict.fromkeys(pending[index:], unknown)
+                results[query] = outcome
                 if for_the_repository:
                     # The answer is about the repository: asking for its other images
                     # would get the same one.
-                    return outcomes | dict.fromkeys(pending[index + 1 :], outcome)
+                    return results | dict.fromkeys(pending[index + 1 :], outcome)
         finally:
             metrics.REGISTRY_SECONDS.labels(GET_MANIFEST).observe(time.monotonic() - started)
-        return outcomes
+        return results
 
     def mutability(
-        self, repository: resolutions.Repository, *, timeout: float
-    ) -> resolutions.MutabilityOutcome:
-        return resolutions.Unknown(
+        self, repository: outcomes.Repository, *, timeout: float
+    ) -> outcomes.MutabilityOutcome:
+        return outcomes.Unknown(
             "tag mutability is an Amazon ECR setting;"
             f" {repository.registry} is a generic OCI registry"
         )
 
     def _lookup_one(
-        self, repository: resolutions.Repository, query: resolutions.Query, budget_end: float
-    ) -> tuple[resolutions.Outcome, bool]:
+        self, repository: outcomes.Repository, query: outcomes.Query, budget_end: float
+    ) -> tuple[outcomes.Outcome, bool]:
         """The query's outcome, and whether that outcome holds for the whole repository."""
         reference = query.digest or query.tag
         if not reference:
-            return resolutions.Missing("TAG_INVALID", f"{query}: neither tag nor digest"), False
+            return outcomes.Missing("TAG_INVALID", f"{query}: neither tag nor digest"), False
         context = {
             "operation": GET_MANIFEST,
             "registry": repository.registry,
@@ -393,7 +395,7 @@ class OciClient:
                 context=context,
             )
         except _Refused as exc:
-            return resolutions.Unknown(f"{repository}: {exc.message}"), True
+            return outcomes.Unknown(f"{repository}: {exc.message}"), True
         return _outcome(repository, query, response)
 
     def _attempts(
@@ -439,7 +441,7 @@ class OciClient:
             )
 
     def _get_manifest(
-        self, repository: resolutions.Repository, reference: str, budget_end: float
+        self, repository: outcomes.Repository, reference: str, budget_end: float
     ) -> _Response:
         """One GET of a manifest, through the anonymous token flow and redirects.
 
@@ -456,7 +458,7 @@ class OciClient:
         fresh_token = False
         redirects = 0
         while True:
-            headers = {"Accept": ", ".join(resolutions.ACCEPTED_MEDIA_TYPES)}
+            headers = {"Accept": ", ".join(protocol.ACCEPTED_MEDIA_TYPES)}
             if token is not None and _origin_of(url) == origin:
                 headers["Authorization"] = f"Bearer {token}"
             response = self._exchange(url, headers, budget_end, MAX_MANIFEST_BYTES)
@@ -479,7 +481,7 @@ class OciClient:
             return response
 
     def _new_token(
-        self, repository: resolutions.Repository, challenged: _Response, budget_end: float
+        self, repository: outcomes.Repository, challenged: _Response, budget_end: float
     ) -> str:
         """An anonymous token for the Bearer challenge of a 401 answer, cached by scope."""
         bearer = next(
@@ -645,7 +647,7 @@ def _origin_of(url: str) -> _Origin | None:
 
 
 def _unauthorized(
-    repository: resolutions.Repository, response: _Response, *, after_token: bool
+    repository: outcomes.Repository, response: _Response, *, after_token: bool
 ) -> str:
     code, message = response.error()
     said = f"HTTP 401{f' {code}: {message}' if code else ''}"
@@ -683,8 +685,8 @@ def _token_of(response: _Response) -> tuple[str | None, float]:
 
 
 def _outcome(
-    repository: resolutions.Repository, query: resolutions.Query, response: _Response
-) -> tuple[resolutions.Outcome, bool]:
+    repository: outcomes.Repository, query: outcomes.Query, response: _Response
+) -> tuple[outcomes.Outcome, bool]:
     """What a final answer says about the query, and whether it holds for the whole repository."""
     status = response.status
     code, message = response.error()
@@ -692,44 +694,44 @@ def _outcome(
     if status == 200:
         return _verified(repository, query, response), False
     if status == 404 and code == NAME_UNKNOWN:
-        return resolutions.Missing(
+        return outcomes.Missing(
             NAME_UNKNOWN,
             f"repository {repository.name} does not exist in registry"
             f" {repository.registry} ({said})",
         ), True
     if status == 404:
-        return resolutions.Missing(code or MANIFEST_UNKNOWN, f"{query}: {said}"), False
+        return outcomes.Missing(code or MANIFEST_UNKNOWN, f"{query}: {said}"), False
     if status == 400 and code in MISSING_INVALID_CODES:
-        return resolutions.Missing(code, f"{query}: {said}"), False
+        return outcomes.Missing(code, f"{query}: {said}"), False
     if status == 403:
-        return resolutions.Unknown(
+        return outcomes.Unknown(
             f"{repository}: {repository.registry} denied anonymous access ({said})"
         ), True
-    return resolutions.Unknown(f"{query}: {repository.registry} answered {said}"), False
+    return outcomes.Unknown(f"{query}: {repository.registry} answered {said}"), False
 
 
 def _verified(
-    repository: resolutions.Repository, query: resolutions.Query, response: _Response
-) -> resolutions.Outcome:
+    repository: outcomes.Repository, query: outcomes.Query, response: _Response
+) -> outcomes.Outcome:
     """The manifest's digest, once its bytes are proven to hash to it."""
     registry = repository.registry
     if response.too_large:
-        return resolutions.Unknown(
+        return outcomes.Unknown(
             f"{query}: {registry} sent a manifest larger than {MAX_MANIFEST_BYTES} bytes"
         )
     media_type = response.headers.get_content_type()
-    if media_type not in resolutions.ACCEPTED_MEDIA_TYPES:
-        declared = resolutions.declared_media_type(response.body)
-        if declared not in resolutions.ACCEPTED_MEDIA_TYPES:
-            return resolutions.Unknown(
+    if media_type not in protocol.ACCEPTED_MEDIA_TYPES:
+        declared = protocol.declared_media_type(response.body)
+        if declared not in protocol.ACCEPTED_MEDIA_TYPES:
+            return outcomes.Unknown(
                 f"{query}: {registry} answered with {media_type!r}"
                 f"{f' declaring {declared!r}' if declared else ''}, not one of the"
-                f" manifest types asked for ({', '.join(resolutions.ACCEPTED_MEDIA_TYPES)})"
+                f" manifest types asked for ({', '.join(protocol.ACCEPTED_MEDIA_TYPES)})"
             )
         media_type = declared
     reported = response.headers.get("Docker-Content-Digest", "").strip() or None
     if query.digest is not None and reported is not None and reported != query.digest:
-        return resolutions.Corrupt(
+        return outcomes.Corrupt(
             f"asked {registry} for {query} and it answered with a manifest it says is"
             f" {reported}: integrity check failed"
         )
@@ -739,13 +741,13 @@ def _verified(
         claimed = "sha256:" + hashlib.sha256(response.body).hexdigest()
     algorithm, _, expected = claimed.partition(":")
     if algorithm not in _HASHES or not expected:
-        return resolutions.Corrupt(
+        return outcomes.Corrupt(
             f"{registry} gave {query} the digest {claimed!r}, which cannot be verified"
         )
     actual = hashlib.new(algorithm, response.body).hexdigest()
     if actual != expected.lower():
-        return resolutions.Corrupt(
+        return outcomes.Corrupt(
             f"{registry} returned a manifest for {query} (said to be {claimed}) that hashes"
             f" to {algorithm}:{actual}: integrity check failed"
         )
-    return resolutions.Found(references.Digest(claimed), media_type)
+    return outcomes.Found(references.Digest(claimed), media_type)
