@@ -1,6 +1,6 @@
 """Every name shared between the code, the chart and the tests, defined once.
 
-The chart's webhook paths are the handler ids below; `tests/unit/test_chart*.py`
+The chart's webhook paths are the handler ids below; `tests/integration/test_chart_render.py`
 fails if the rendered webhook configurations drift from them.
 """
 

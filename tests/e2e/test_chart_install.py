@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
-from tests.support import cluster, image, oci_registry
+from tests.support import bundles, cluster, image, oci_registry
 from tests.support.controlplane import ControlPlane
 from tests.support.deployed import DeployedContainer
 from tests.support.webhook_process import free_port
@@ -286,7 +286,7 @@ def test_ca_near_expiry_is_rotated_with_both_cas_in_the_bundle_until_the_grace_e
     assert rotating.reconcile() is True
     new = stored(api, namespace, "webhook-tls")
     assert new.ca != old.ca
-    assert certificates.split_bundle(new.bundle_pem) == (new.ca.cert_pem, old.ca.cert_pem)
+    assert bundles.split(new.bundle_pem) == (new.ca.cert_pem, old.ca.cert_pem)
     assert published_bundles(api, configurations) == [new.bundle_pem] * 6
     # Both certificates in use during the overlap are trusted by the published bundle.
     assert certificates.is_issued_by(new.serving.cert_pem, new.ca.cert_pem)
@@ -301,7 +301,7 @@ def test_ca_near_expiry_is_rotated_with_both_cas_in_the_bundle_until_the_grace_e
     clock.now += DAY + datetime.timedelta(hours=1)
     assert other.reconcile() is False
     trimmed = stored(api, namespace, "webhook-tls")
-    assert certificates.split_bundle(trimmed.bundle_pem) == (new.ca.cert_pem,)
+    assert bundles.split(trimmed.bundle_pem) == (new.ca.cert_pem,)
     assert published_bundles(api, configurations) == [trimmed.bundle_pem] * 6
 
 
@@ -333,7 +333,7 @@ async def test_run_keeps_reconciling_and_reports_file_changes(
         assert second.ca != first.ca
         assert changes == [first.serving.cert_pem, second.serving.cert_pem]
         # The old CA stays trusted for the replicas that still serve its certificate.
-        assert certificates.split_bundle(second.bundle_pem) == (
+        assert bundles.split(second.bundle_pem) == (
             second.ca.cert_pem,
             first.ca.cert_pem,
         )

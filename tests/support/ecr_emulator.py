@@ -1,6 +1,6 @@
 """ECR over real HTTP: a moto server in a subprocess on loopback, and real-looking images.
 
-moto is not ECR (see DESIGN.md, "Testing against real peers"): it does not compute
+moto is not ECR (docs/architecture.md, "Testing against real peers"): it does not compute
 digests from manifest bytes, so `seed_image` passes `imageDigest=sha256(manifest)`
 the way a real push ends up; it ignores `registryId` and `acceptedMediaTypes`; and
 for a missing digest it reports a failure without that digest in `imageId`.

@@ -8,6 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support import bundles
 from webhook.tls import certificates
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
@@ -178,16 +179,17 @@ def test_expires_at_is_the_not_after_time() -> None:
     ],
 )
 def test_renewal_is_due_30_days_before_expiry(age: datetime.timedelta, expected: bool) -> None:
-    serving = fresh().serving
-    assert certificates.needs_renewal(serving.cert_pem, NOW + age) is expected
+    renewal = certificates.renew(fresh(), NAMES, NOW + age)
+    renewed = any("serving certificate expires" in reason for reason in renewal.reasons)
+    assert renewed is expected
 
 
 def test_bundle_splits_into_its_certificates_and_joins_back() -> None:
     first = certificates.create_ca("first CA", NOW).cert_pem
     second = certificates.create_ca("second CA", NOW).cert_pem
     bundle = certificates.join_bundle([first, second])
-    assert certificates.split_bundle(bundle) == (first, second)
-    assert certificates.join_bundle(certificates.split_bundle(bundle)) == bundle
+    assert bundles.split(bundle) == (first, second)
+    assert certificates.join_bundle(bundles.split(bundle)) == bundle
 
 
 @pytest.mark.parametrize("garbage", [b"", b"not a certificate", b"-----BEGIN CERTIFICATE-----\n"])
@@ -214,7 +216,7 @@ def test_renew_creates_a_ca_a_serving_certificate_and_a_bundle_from_nothing() ->
     assert renewal.changed
     material = renewal.material
     assert certificates.is_issued_by(material.serving.cert_pem, material.ca.cert_pem)
-    assert certificates.split_bundle(material.bundle_pem) == (material.ca.cert_pem,)
+    assert bundles.split(material.bundle_pem) == (material.ca.cert_pem,)
 
 
 def test_renew_keeps_good_material_as_it_is() -> None:
@@ -306,7 +308,7 @@ def test_rotation_keeps_the_old_ca_in_the_bundle_after_the_new_one(tmp_path: Pat
     old_serving = certificates.create_serving_cert(old_ca, NAMES, start - DAY, validity.serving)
     short = certificates.Material(old_ca, old_serving, old_ca.cert_pem)
     rotated = certificates.renew(short, NAMES, start, validity).material
-    bundle = certificates.split_bundle(rotated.bundle_pem)
+    bundle = bundles.split(rotated.bundle_pem)
     assert bundle == (rotated.ca.cert_pem, short.ca.cert_pem)
     assert certificates.is_issued_by(rotated.serving.cert_pem, rotated.ca.cert_pem)
     # A replica still serving the old CA's certificate is trusted during the overlap,
@@ -323,15 +325,15 @@ def test_retired_ca_leaves_the_bundle_after_the_grace_period() -> None:
         new_ca.cert_pem, [old_ca.cert_pem], NOW + 23 * datetime.timedelta(hours=1)
     )
     after = certificates.build_bundle(new_ca.cert_pem, [old_ca.cert_pem], NOW + DAY)
-    assert certificates.split_bundle(during) == (new_ca.cert_pem, old_ca.cert_pem)
-    assert certificates.split_bundle(after) == (new_ca.cert_pem,)
+    assert bundles.split(during) == (new_ca.cert_pem, old_ca.cert_pem)
+    assert bundles.split(after) == (new_ca.cert_pem,)
 
 
 def test_retired_ca_leaves_the_bundle_once_expired_even_within_the_grace_period() -> None:
     old_ca = certificates.create_ca("old CA", NOW - 10 * DAY, validity=10 * DAY)
     new_ca = certificates.create_ca("new CA", NOW)
     bundle = certificates.build_bundle(new_ca.cert_pem, [old_ca.cert_pem], NOW, grace=30 * DAY)
-    assert certificates.split_bundle(bundle) == (new_ca.cert_pem,)
+    assert bundles.split(bundle) == (new_ca.cert_pem,)
 
 
 def test_trimming_the_bundle_is_a_change_to_store() -> None:
@@ -347,7 +349,7 @@ def test_trimming_the_bundle_is_a_change_to_store() -> None:
     )
     renewal = certificates.renew(with_old, NAMES, NOW + 2 * DAY, validity)
     assert renewal.reasons == ("the CA bundle changed",)
-    assert certificates.split_bundle(renewal.material.bundle_pem) == (material.ca.cert_pem,)
+    assert bundles.split(renewal.material.bundle_pem) == (material.ca.cert_pem,)
 
 
 def test_bundle_keeps_a_ca_the_apiserver_trusts_while_a_new_ca_takes_over() -> None:
@@ -356,7 +358,7 @@ def test_bundle_keeps_a_ca_the_apiserver_trusts_while_a_new_ca_takes_over() -> N
     renewal = certificates.renew(
         certificates.Material.empty(), NAMES, NOW, also_trusted=[previous.cert_pem]
     )
-    assert certificates.split_bundle(renewal.material.bundle_pem) == (
+    assert bundles.split(renewal.material.bundle_pem) == (
         renewal.material.ca.cert_pem,
         previous.cert_pem,
     )
@@ -369,7 +371,7 @@ def test_bundle_drops_duplicates_end_entity_certificates_and_garbage() -> None:
         [material.ca.cert_pem, material.serving.cert_pem, b"junk", b"", material.bundle_pem],
         NOW,
     )
-    assert certificates.split_bundle(bundle) == (material.ca.cert_pem,)
+    assert bundles.split(bundle) == (material.ca.cert_pem,)
 
 
 @pytest.mark.parametrize(

@@ -68,9 +68,6 @@ class _LruCache(Generic[_K, _V]):
         self._max_entries = max_entries
         self._entries: collections.OrderedDict[_K, tuple[_V, float]] = collections.OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, key: _K) -> _Entry[_V] | None:
         stored = self._entries.get(key)
         return None if stored is None else _Entry(*stored)
@@ -107,9 +104,6 @@ class _DigestCache:
 
     def __init__(self, max_entries: int) -> None:
         self._lru: _LruCache[_Key, _Stored] = _LruCache(DIGESTS_CACHE, max_entries)
-
-    def __len__(self) -> int:
-        return len(self._lru)
 
     def get(self, query: outcomes.Query) -> _Entry[outcomes.Found | outcomes.Missing] | None:
         entry = self._lru.get(_key(query))
@@ -271,10 +265,6 @@ class Resolver:
             )
         _count(MUTABILITY_CACHE, hits=hits, stale=0, misses=len(waiting))
         return answers
-
-    def cache_size(self) -> int:
-        """Entries in the digest cache: fresh answers and Found ones kept for stale-if-error."""
-        return len(self._digests)
 
     async def aclose(self) -> None:
         """Stop: cancel the calls in progress and shut the thread pool down without waiting.

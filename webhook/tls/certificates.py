@@ -201,15 +201,6 @@ def create_serving_cert(
 # --------------------------------------------------------------------------
 
 
-def split_bundle(bundle_pem: bytes) -> tuple[bytes, ...]:
-    """Each certificate of a PEM bundle, re-encoded; raises `InvalidCertificate`."""
-    try:
-        certs = x509.load_pem_x509_certificates(bundle_pem)
-    except ValueError as error:
-        raise InvalidCertificate(f"not a PEM certificate bundle: {error}") from None
-    return tuple(_cert_pem(cert) for cert in certs)
-
-
 def join_bundle(cert_pems: Iterable[bytes]) -> bytes:
     """Concatenate PEM certificates, each ending in exactly one newline."""
     return b"".join(pem.strip() + b"\n" for pem in cert_pems)
@@ -233,13 +224,6 @@ def describe(cert_pem: bytes) -> CertificateInfo:
 def expires_at(cert_pem: bytes) -> datetime.datetime:
     """When the (first) certificate in `cert_pem` stops being valid, in UTC."""
     return _load_cert(cert_pem).not_valid_after_utc
-
-
-def needs_renewal(
-    cert_pem: bytes, now: datetime.datetime, renew_before: datetime.timedelta = RENEW_BEFORE
-) -> bool:
-    """Whether the certificate is within `renew_before` of its expiry (or past it)."""
-    return _utc(now) >= expires_at(cert_pem) - renew_before
 
 
 def is_issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
