@@ -125,8 +125,8 @@ def resource_versions(api: Any, configurations: secret.WebhookConfigurations) ->
     ]
 
 
-def stored(api: Any, namespace: str, secret: str) -> certificates.Material:
-    data = raw(client.CoreV1Api(api).read_namespaced_secret, secret, namespace)["data"]
+def stored(api: Any, namespace: str, secret_name: str) -> certificates.Material:
+    data = raw(client.CoreV1Api(api).read_namespaced_secret, secret_name, namespace)["data"]
 
     def entry(key: str) -> bytes:
         return base64.b64decode(data[key])
@@ -212,7 +212,7 @@ def test_replicas_starting_together_make_one_secret_and_agree_on_the_ca(
     ]
     assert race(replicas) == [True, True, True]
     secrets = raw(core.list_namespaced_secret, namespace)["items"]
-    assert [secret["metadata"]["name"] for secret in secrets] == ["webhook-tls"]
+    assert [item["metadata"]["name"] for item in secrets] == ["webhook-tls"]
     material = stored(api, namespace, "webhook-tls")
     for each in replicas:
         assert each.ready
