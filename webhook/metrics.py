@@ -23,6 +23,28 @@ ADMISSION_SECONDS: Final = prometheus_client.Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+ADMISSIONS_REFUSED: Final = prometheus_client.Counter(
+    "digestguard_admissions_refused",
+    "Admission requests refused before any decision, by reason (overloaded,"
+    " unsupported-body, slow-body).",
+    ["reason"],
+    registry=REGISTRY,
+)
+CONNECTIONS: Final = prometheus_client.Gauge(
+    "digestguard_connections",
+    "Client connections open on the admission server.",
+    registry=REGISTRY,
+)
+CONNECTIONS_REFUSED: Final = prometheus_client.Counter(
+    "digestguard_connections_refused",
+    "Connections closed as they were made, because the server held its maximum.",
+    registry=REGISTRY,
+)
+CONNECTIONS_TIMED_OUT: Final = prometheus_client.Counter(
+    "digestguard_connections_timed_out",
+    "Connections closed because a request did not arrive whole in time.",
+    registry=REGISTRY,
+)
 VIOLATIONS: Final = prometheus_client.Counter(
     "digestguard_violations",
     "Policy violations found, by policy action and reason (Audit ones are only warnings).",

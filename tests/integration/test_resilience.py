@@ -307,7 +307,8 @@ def test_resident_memory_stays_bounded_under_a_stream_of_updates(
         def send(count: int) -> None:
             for _ in range(count):
                 body = json.dumps(update(STRICT, image("v1"), image("v2"))).encode()
-                connection.request("POST", f"/{names.MUTATE_PODS}", body=body)
+                headers = {"Content-Type": "application/json"}
+                connection.request("POST", f"/{names.MUTATE_PODS}", body=body, headers=headers)
                 response = connection.getresponse()
                 answer = json.loads(response.read())
                 assert response.status == 200

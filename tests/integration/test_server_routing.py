@@ -74,7 +74,11 @@ async def served() -> AsyncIterator[tuple[str, RecordingFn, server.AdmissionServ
 
 async def post(url: str, body: bytes | dict[str, Any]) -> tuple[int, Any]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with aiohttp.ClientSession() as session, session.post(url, data=data) as response:
+    headers = {"Content-Type": "application/json"}  # as the apiserver sends it
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=data, headers=headers) as response,
+    ):
         return response.status, json.loads(await response.read())
 
 

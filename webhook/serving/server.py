@@ -4,14 +4,32 @@
 function, yields client configs) but does not import kopf. It exists because the
 stock server answers `allowed: true` to paths that name no handler, caps bodies at
 1 MiB, and cannot reload certificates that are renewed in place.
+
+It is in front of every pod creation with `failurePolicy: Fail`, so it bounds what
+any client can make it do:
+
+- at most `max_inflight` admissions at once; the next one is refused at once
+  (HTTP 429), and the apiserver applies the webhook's failurePolicy;
+- the apiserver's own deadline (the `timeout` query parameter) ends the work: the
+  answer is sent before it, and a handler whose client went away is cancelled;
+- at most `max_connections` connections; a request must arrive whole within
+  `request_read_timeout` of its first byte; the TLS handshake has a deadline too;
+- only `application/json` in identity encoding is read (the apiserver sends
+  nothing else), so a compressed body is never inflated.
+
+The health server runs on a thread and event loop of its own: probes are answered
+promptly however busy the admission loop is.
 """
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
+import re
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
@@ -24,7 +42,35 @@ from webhook.serving import reviews
 logger = logging.getLogger("digestguard.serving")
 
 DEFAULT_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT: Final = 200
+"""Admissions answered at once by one process. A warm admission costs about 1 ms of
+CPU, so 200 in flight is well over what a core sustains within a second; the rest
+wait on the registry, which the resolver bounds by its deadline."""
+DEFAULT_MAX_CONNECTIONS: Final = 1000
+DEFAULT_REQUEST_READ_TIMEOUT: Final = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT: Final = 120.0
+"""Longer than the 90 s after which Go's HTTP client (the apiserver's) drops an idle
+connection: the client closes first, so it never sends on a connection we are closing."""
+TLS_HANDSHAKE_TIMEOUT: Final = 10.0
+ANSWER_MARGIN: Final = 0.25
+"""Seconds before the apiserver's deadline by which the answer is sent."""
 HANDLED_OPERATIONS: Final = frozenset({"CREATE", "UPDATE"})
+
+REQUEST_DEADLINE: Final[contextvars.ContextVar[float | None]] = contextvars.ContextVar(
+    "digestguard_request_deadline", default=None
+)
+"""When (`time.monotonic()`) the admission being answered must have its answer sent."""
+
+_GO_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 
 class ReviewFn(Protocol):
@@ -50,6 +96,10 @@ class AdmissionServer:
         keyfile: str | None,
         answer_within: float,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_read_timeout: float = DEFAULT_REQUEST_READ_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
         reload_interval: float = 10.0,
     ) -> None:
         self.address = address
@@ -58,6 +108,10 @@ class AdmissionServer:
         self.keyfile = keyfile
         self.answer_within = answer_within
         self.max_body_bytes = max_body_bytes
+        self.max_inflight = max_inflight
+        self.max_connections = max_connections
+        self.request_read_timeout = request_read_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.reload_interval = reload_interval
         self.listening = asyncio.Event()
         self.bound_port: int | None = None
@@ -66,6 +120,9 @@ class AdmissionServer:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._draining = False
+        self._connections: set[_Connection] = set()
+        self._site: _Site | None = None
 
     async def __call__(self, fn: ReviewFn) -> AsyncIterator[dict[str, Any]]:
         app = aiohttp.web.Application(client_max_size=self.max_body_bytes)
@@ -74,14 +131,21 @@ class AdmissionServer:
             return await self._handle(request, fn)
 
         app.router.add_route("*", "/{path:.*}", handle)
-        runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = aiohttp.web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            # A handler whose client hung up stops: nobody is waiting for its answer.
+            handler_cancellation=True,
+            keepalive_timeout=self.keepalive_timeout,
+            # Never inflate a body: the apiserver does not compress AdmissionReviews.
+            auto_decompress=False,
+        )
         await runner.setup()
         try:
             context = await self._wait_for_context() if self.certfile else None
-            site = aiohttp.web.TCPSite(
-                runner, self.address, self.port, ssl_context=context, reuse_address=True
-            )
-            await site.start()
+            self._site = _Site(runner, self, self.address, self.port, context)
+            await self._site.start()
             self.bound_port = _bound_port(runner) or self.port
             self.listening.set()
             scheme = "https" if context else "http"
@@ -95,8 +159,30 @@ class AdmissionServer:
                 self.reload_if_changed()
         finally:
             self.listening.clear()
+            self.begin_draining()
+            await self.stop_listening()
+            self.close_idle_connections()
             await self.drain(within=self.answer_within + 1.0)
             await runner.cleanup()
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
+
+    def begin_draining(self) -> None:
+        """Close each connection after its next answer, so clients reconnect elsewhere."""
+        self._draining = True
+
+    async def stop_listening(self) -> None:
+        """Accept no new connection; the open ones are answered as before."""
+        if self._site is not None:
+            site, self._site = self._site, None
+            await site.stop()
+
+    def close_idle_connections(self) -> int:
+        """Close every connection with no request on it; how many were closed."""
+        return sum(connection.close_if_idle() for connection in list(self._connections))
 
     async def drain(self, within: float) -> None:
         """Wait until no admission is in flight (or `within` seconds pass)."""
@@ -140,19 +226,52 @@ class AdmissionServer:
 
     async def _handle(self, http: aiohttp.web.Request, fn: ReviewFn) -> aiohttp.web.StreamResponse:
         started = time.perf_counter()
+        connection = _connection_of(http)
+        if connection is not None:
+            connection.active += 1
+        try:
+            response = await self._answer(http, fn, started)
+        finally:
+            if connection is not None:
+                connection.active -= 1
+        if self._draining:
+            response.force_close()
+        return response
+
+    async def _answer(
+        self, http: aiohttp.web.Request, fn: ReviewFn, started: float
+    ) -> aiohttp.web.StreamResponse:
         handler_id = http.match_info.get("path", "")
         if http.method != "POST":
             return _json(405, reviews.refusal("", 405, "admission reviews are POSTed"))
         if handler_id not in names.ROUTES:
             message = (
-                f"no admission handler at /{handler_id}; handlers: {', '.join(names.ALL_HANDLERS)}"
+                f"no admission handler at /{_clip(handler_id)}; "
+                f"handlers: {', '.join(names.ALL_HANDLERS)}"
             )
             return _json(404, reviews.refusal("", 404, message))
+        unreadable = _unreadable_body(http)
+        if unreadable:
+            metrics.ADMISSIONS_REFUSED.labels("unsupported-body").inc()
+            return _json(415, reviews.refusal("", 415, unreadable))
+        if self._inflight >= self.max_inflight:
+            metrics.ADMISSIONS_REFUSED.labels("overloaded").inc()
+            message = (
+                f"digestguard is answering {self._inflight} admissions already (its limit);"
+                " this one is refused rather than queued"
+            )
+            return _json(429, reviews.refusal("", 429, message), headers={"Retry-After": "1"})
+        budget = self.answer_within
+        apiserver_timeout = _go_duration(http.query.get("timeout", ""))
+        if apiserver_timeout is not None:
+            budget = min(budget, apiserver_timeout - ANSWER_MARGIN)
         self._inflight += 1
         self._idle.clear()
+        token = REQUEST_DEADLINE.set(time.monotonic() + budget)
         try:
-            status, response = await self._review(http, fn, handler_id)
+            status, response = await self._review(http, fn, handler_id, budget)
         finally:
+            REQUEST_DEADLINE.reset(token)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
@@ -169,26 +288,43 @@ class AdmissionServer:
         return _json(status, response)
 
     async def _review(
-        self, http: aiohttp.web.Request, fn: ReviewFn, handler_id: str
+        self, http: aiohttp.web.Request, fn: ReviewFn, handler_id: str, budget: float
     ) -> tuple[int, Any]:
+        if budget <= 0:
+            message = "the apiserver's timeout leaves no time to decide"
+            return 200, reviews.refusal("", 504, message)
+        deadline = time.monotonic() + budget
         try:
-            raw = json.loads(await http.read())
+            body = await asyncio.wait_for(
+                http.read(), timeout=min(budget, self.request_read_timeout)
+            )
         except aiohttp.web.HTTPRequestEntityTooLarge:
             message = f"the AdmissionReview is larger than {self.max_body_bytes} bytes"
             return 413, reviews.refusal("", 413, message)
+        except TimeoutError:
+            metrics.ADMISSIONS_REFUSED.labels("slow-body").inc()
+            return 408, reviews.refusal("", 408, "the AdmissionReview did not arrive in time")
+        connection = _connection_of(http)
+        if connection is not None:
+            connection.request_read()
+        try:
+            raw = json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
-            return 400, reviews.refusal("", 400, f"the body is not valid JSON: {error}")
+            return 400, reviews.refusal("", 400, f"the body is not valid JSON: {_clip(error)}")
+        except RecursionError:
+            return 400, reviews.refusal("", 400, "the body is nested too deeply to be a review")
         try:
             request = reviews.check(raw)
         except reviews.InvalidReview as error:
-            return 400, reviews.refusal(error.uid, 400, f"malformed AdmissionReview: {error}")
+            message = f"malformed AdmissionReview: {_clip(error)}"
+            return 400, reviews.refusal(error.uid, 400, message)
         route = (request.group, request.resource, request.subresource)
         if route not in names.ROUTES[handler_id]:
             what = f"{request.resource}.{request.group or 'core'}"
             if request.subresource:
                 what += f"/{request.subresource}"
             message = (
-                f"the webhook path /{handler_id} does not handle {what}; the webhook"
+                f"the webhook path /{handler_id} does not handle {_clip(what)}; the webhook"
                 " configuration routes this resource to the wrong path"
             )
             return 200, reviews.refusal(request.uid, 400, message)
@@ -208,45 +344,88 @@ class AdmissionServer:
         try:
             response = await asyncio.wait_for(
                 fn(raw, webhook=handler_id, headers=dict(http.headers), sslpeer={}),
-                timeout=self.answer_within,
+                timeout=max(deadline - time.monotonic(), 0.0),
             )
         except TimeoutError:
-            message = f"digestguard could not decide within {self.answer_within:.1f}s"
+            message = f"digestguard could not decide within {budget:.1f}s"
             logger.error("admission timed out", extra={"uid": request.uid, "handler": handler_id})
             return 200, reviews.refusal(request.uid, 504, message)
+        except RecursionError:
+            message = "the object is nested too deeply to be decided"
+            return 200, reviews.refusal(request.uid, 400, message)
         except Exception as error:
             logger.exception("admission failed", extra={"uid": request.uid, "handler": handler_id})
-            return 200, reviews.refusal(request.uid, 500, f"digestguard failed: {error}")
+            return 200, reviews.refusal(request.uid, 500, f"digestguard failed: {_clip(error)}")
         return 200, response
 
 
 class HealthServer:
-    """Plain HTTP for the kubelet's probes and Prometheus: /healthz, /readyz, /metrics."""
+    """Plain HTTP for the kubelet's probes and Prometheus: /healthz, /readyz, /metrics.
+
+    It runs on a thread with an event loop of its own, so a probe is answered within
+    a few milliseconds even while the admission loop is saturated: a liveness probe
+    must not restart a replica because it is busy. `readiness` is called on that
+    thread and must only read state.
+    """
 
     def __init__(self, *, address: str, port: int, readiness: Callable[[], list[str]]) -> None:
         self.address = address
         self.port = port
         self.readiness = readiness
         self.bound_port: int | None = None
-        self._runner: aiohttp.web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
 
     async def start(self) -> None:
+        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        caller = asyncio.get_running_loop()
+
+        def report(port: int | BaseException) -> None:
+            if started.done():
+                return
+            if isinstance(port, BaseException):
+                started.set_exception(port)
+            else:
+                started.set_result(port)
+
+        def serve() -> None:
+            try:
+                asyncio.run(self._serve(lambda port: caller.call_soon_threadsafe(report, port)))
+            except BaseException as error:  # reported to start(); the thread ends
+                caller.call_soon_threadsafe(report, error)
+
+        self._thread = threading.Thread(target=serve, name="digestguard-health", daemon=True)
+        self._thread.start()
+        self.bound_port = await started
+
+    async def stop(self) -> None:
+        loop, stopped, thread = self._loop, self._stopped, self._thread
+        if loop is None or stopped is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # its loop already ended
+            loop.call_soon_threadsafe(stopped.set)
+        await asyncio.to_thread(thread.join)
+
+    async def _serve(self, report: Callable[[int], Any]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
         app = aiohttp.web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = aiohttp.web.TCPSite(self._runner, self.address, self.port, reuse_address=True)
-        await site.start()
-        self.bound_port = _bound_port(self._runner) or self.port
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        runner = aiohttp.web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = aiohttp.web.TCPSite(runner, self.address, self.port, reuse_address=True)
+            await site.start()
+            report(_bound_port(runner) or self.port)
+            await self._stopped.wait()
+        finally:
+            await runner.cleanup()
 
     async def _healthz(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
-        # Answering at all proves the event loop is alive.
+        # Answering at all proves the process is alive.
         return aiohttp.web.Response(text="ok\n")
 
     async def _readyz(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
@@ -262,9 +441,172 @@ class HealthServer:
         return aiohttp.web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def _json(status: int, payload: Any) -> aiohttp.web.Response:
+class _Connection(asyncio.Protocol):
+    """One client connection: aiohttp's protocol inside, this server's limits around it.
+
+    A connection over `max_connections` is closed as it is made. Once the first byte
+    of a request arrives, the whole request must arrive within `request_read_timeout`,
+    or the connection is closed: a client sending one byte every few seconds cannot
+    hold it. Between requests aiohttp's keep-alive timeout applies.
+    """
+
+    def __init__(self, server: AdmissionServer, inner: asyncio.Protocol) -> None:
+        self._server = server
+        self._inner = inner
+        self._transport: asyncio.Transport | None = None
+        self._reading: asyncio.TimerHandle | None = None
+        self._refused = False
+        self.active = 0
+        """Requests on this connection whose answer is being made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a stream server's transport
+        self._transport = transport
+        if len(self._server._connections) >= self._server.max_connections:
+            self._refused = True
+            metrics.CONNECTIONS_REFUSED.inc()
+            transport.abort()
+            return
+        self._server._connections.add(self)
+        metrics.CONNECTIONS.set(len(self._server._connections))
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._reading is None and self.active == 0:
+            self._reading = asyncio.get_running_loop().call_later(
+                self._server.request_read_timeout, self._too_slow
+            )
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._refused else self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_reading()
+        if self._refused:
+            return
+        self._server._connections.discard(self)
+        metrics.CONNECTIONS.set(len(self._server._connections))
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def request_read(self) -> None:
+        """The request being answered has arrived whole."""
+        self._stop_reading()
+
+    def close_if_idle(self) -> bool:
+        if self.active or self._reading is not None or self._transport is None:
+            return False
+        self._transport.close()
+        return True
+
+    def _stop_reading(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+    def _too_slow(self) -> None:
+        self._reading = None
+        metrics.CONNECTIONS_TIMED_OUT.inc()
+        logger.warning(
+            "closing a connection whose request did not arrive in time",
+            extra={"within": self._server.request_read_timeout},
+        )
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class _Site(aiohttp.web.BaseSite):
+    """A TCP site whose connections go through `_Connection`, with a TLS handshake deadline."""
+
+    def __init__(
+        self,
+        runner: aiohttp.web.AppRunner,
+        server: AdmissionServer,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._admission = server
+        self._host = host
+        self._port = port
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        handlers = self._runner.server
+        assert handlers is not None  # set by runner.setup()
+
+        def connection() -> asyncio.Protocol:
+            return _Connection(self._admission, handlers())
+
+        self._server = await asyncio.get_running_loop().create_server(
+            connection,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self._ssl_context else None,
+            reuse_address=True,
+        )
+
+
+def _connection_of(http: aiohttp.web.Request) -> _Connection | None:
+    transport = http.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol if isinstance(protocol, _Connection) else None
+
+
+def _unreadable_body(http: aiohttp.web.Request) -> str:
+    """Why the body will not be read, judged from the headers alone; empty when it will."""
+    if http.content_type != "application/json":
+        return (
+            f"an AdmissionReview is application/json, not {_clip(http.content_type or 'untyped')}"
+        )
+    encoding = http.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return f"a compressed body ({_clip(encoding)}) is not accepted"
+    return ""
+
+
+def _go_duration(text: str) -> float | None:
+    """Seconds in a Go duration such as `10s` or `1m0s`; None when it is not one."""
+    if not text or len(text) > 32:
+        return None
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
+
+
+CLIP_AT: Final = 200
+"""Characters of client input that a message may echo."""
+
+
+def _clip(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= CLIP_AT else f"{text[:CLIP_AT]}… ({len(text)} characters)"
+
+
+def _json(
+    status: int, payload: Any, headers: Mapping[str, str] | None = None
+) -> aiohttp.web.Response:
     return aiohttp.web.Response(
-        status=status, body=json.dumps(payload).encode(), content_type="application/json"
+        status=status,
+        body=json.dumps(payload).encode(),
+        content_type="application/json",
+        headers=headers,
     )
 
 

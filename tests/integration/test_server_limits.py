@@ -1,0 +1,349 @@
+"""What one client can make the admission server do is bounded.
+
+The server runs for real on loopback; the framework function stands in for kopf and
+records what reached it. Nothing here asserts how fast anything is: the tests count
+calls, read status codes and watch connections close.
+"""
+
+import asyncio
+import contextlib
+import gzip
+import json
+import socket
+import threading
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from webhook import metrics, names
+from webhook.serving import server
+
+JSON = {"Content-Type": "application/json"}
+
+
+class HeldFn:
+    """The framework function: answers allowed once `release` is set."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.cancelled = 0
+        self.release = asyncio.Event()
+        self.inside = asyncio.Event()
+
+    async def __call__(self, request: Any, **_: Any) -> Any:
+        self.entered += 1
+        self.inside.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": request["request"]["uid"], "allowed": True},
+        }
+
+
+def review() -> dict[str, Any]:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {}}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "0d7b4c44-1b4e-4b8e-9d6e-3f0a7f9c0002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": "team-a",
+            "userInfo": {"username": "alice"},
+            "object": pod,
+        },
+    }
+
+
+Served = tuple[str, HeldFn, server.AdmissionServer]
+
+
+@contextlib.asynccontextmanager
+async def serving(**limits: Any) -> AsyncIterator[Served]:
+    fn = HeldFn()
+    admission_server = server.AdmissionServer(
+        address="127.0.0.1", port=0, certfile=None, keyfile=None, answer_within=30.0, **limits
+    )
+    configs = admission_server(fn)
+    await configs.__anext__()
+    try:
+        yield f"http://127.0.0.1:{admission_server.bound_port}", fn, admission_server
+    finally:
+        fn.release.set()
+        await configs.aclose()
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    data = json.dumps(review()).encode() if body is None else body
+    async with session.post(url, data=data, headers=JSON if headers is None else headers) as r:
+        return r.status, json.loads(await r.read()), r
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds: the server exposes counts, not events."""
+    for _ in range(6_000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition did not hold within a minute")
+
+
+def counter(name: str, labels: dict[str, str] | None = None) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_admissions_over_the_limit_are_refused_at_once_not_queued() -> None:
+    async with serving(max_inflight=2) as (url, fn, _), aiohttp.ClientSession() as session:
+        held = [asyncio.create_task(post(session, f"{url}/{names.MUTATE_PODS}")) for _ in range(2)]
+        await until(lambda: fn.entered >= 2)
+
+        status, answer, response = await post(session, f"{url}/{names.MUTATE_PODS}")
+
+        assert status == 429
+        assert answer["response"]["allowed"] is False
+        assert "refused rather than queued" in answer["response"]["status"]["message"]
+        assert response.headers["Retry-After"] == "1"
+        assert fn.entered == 2, "the refused admission never reached the framework"
+        fn.release.set()
+        assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
+
+
+async def test_a_refused_admission_is_counted() -> None:
+    before = counter("digestguard_admissions_refused_total", {"reason": "overloaded"})
+    async with serving(max_inflight=1) as (url, fn, _), aiohttp.ClientSession() as session:
+        held = asyncio.create_task(post(session, f"{url}/{names.MUTATE_PODS}"))
+        await fn.inside.wait()
+        await post(session, f"{url}/{names.MUTATE_PODS}")
+        fn.release.set()
+        await held
+    after = counter("digestguard_admissions_refused_total", {"reason": "overloaded"})
+    assert after == before + 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Content-Type": "text/plain"}, "application/json, not text/plain"),
+        ({}, "application/json, not application/octet-stream"),
+        (
+            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            "compressed body (gzip)",
+        ),
+        (
+            {"Content-Type": "application/json", "Content-Encoding": "deflate"},
+            "compressed body (deflate)",
+        ),
+    ],
+)
+async def test_bodies_the_apiserver_never_sends_are_refused_unread(
+    headers: dict[str, str], expected: str
+) -> None:
+    # A gzip bomb: 1 MiB on the wire that would inflate to 1 GiB.
+    bomb = gzip.compress(b"[" * (1 << 20), compresslevel=9)
+    async with serving() as (url, fn, _), aiohttp.ClientSession() as session:
+        status, answer, _ = await post(session, f"{url}/{names.MUTATE_PODS}", bomb, headers)
+    assert status == 415
+    assert expected in answer["response"]["status"]["message"]
+    assert fn.entered == 0
+
+
+async def test_deep_nesting_gets_a_well_formed_refusal() -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    async with serving() as (url, fn, _), aiohttp.ClientSession() as session:
+        status, answer, _ = await post(session, f"{url}/{names.MUTATE_PODS}", body)
+    assert status == 400
+    assert answer["kind"] == "AdmissionReview"
+    assert "nested too deeply" in answer["response"]["status"]["message"]
+    assert fn.entered == 0
+
+
+async def test_client_input_echoed_in_a_message_is_clipped() -> None:
+    async with serving() as (url, _, _), aiohttp.ClientSession() as session:
+        status, answer, _ = await post(session, f"{url}/{'x' * 5_000}")
+    assert status == 404
+    message = answer["response"]["status"]["message"]
+    assert len(message) < 1_000
+    assert "(5000 characters)" in message
+
+
+async def test_the_apiservers_timeout_bounds_the_answer() -> None:
+    async with serving() as (url, fn, _), aiohttp.ClientSession() as session:
+        status, answer, _ = await post(session, f"{url}/{names.MUTATE_PODS}?timeout=1s")
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    assert answer["response"]["status"]["code"] == 504
+    assert fn.entered == 1
+    assert fn.cancelled == 1, "the work was abandoned, not left running"
+
+
+async def test_a_timeout_with_no_time_left_is_answered_without_deciding() -> None:
+    async with serving() as (url, fn, _), aiohttp.ClientSession() as session:
+        status, answer, _ = await post(session, f"{url}/{names.MUTATE_PODS}?timeout=100ms")
+    assert (status, answer["response"]["status"]["code"]) == (200, 504)
+    assert fn.entered == 0
+
+
+@pytest.mark.parametrize("value", ["", "soon", "10", "-1s", "1s2", "9" * 40 + "s"])
+async def test_a_timeout_parameter_that_is_no_go_duration_is_ignored(value: str) -> None:
+    async with serving() as (url, fn, _), aiohttp.ClientSession() as session:
+        fn.release.set()
+        status, answer, _ = await post(session, f"{url}/{names.MUTATE_PODS}?timeout={value}")
+    assert (status, answer["response"]["allowed"]) == (200, True)
+
+
+async def test_a_client_that_hangs_up_has_its_admission_cancelled() -> None:
+    async with serving() as (url, fn, _):
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.create_task(post(session, f"{url}/{names.MUTATE_PODS}"))
+            await fn.inside.wait()
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+        await until(lambda: fn.cancelled > 0)
+    assert fn.cancelled == 1
+
+
+def _reads_eof(sock: socket.socket) -> bool:
+    """Whether the peer closed `sock` (an EOF or a reset) before the 60 s timeout."""
+    sock.settimeout(60)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_a_request_that_trickles_in_is_cut_off() -> None:
+    before = counter("digestguard_connections_timed_out_total")
+    async with serving(request_read_timeout=0.5) as (_, fn, admission_server):
+        port = admission_server.bound_port
+        assert port is not None
+        sock = socket.create_connection(("127.0.0.1", port))
+        with sock:
+            sock.sendall(b"POST /mutate-pods HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+
+            closed = await asyncio.to_thread(_reads_eof, sock)
+
+        assert closed
+        assert fn.entered == 0
+    assert counter("digestguard_connections_timed_out_total") == before + 1
+
+
+async def test_a_body_that_never_finishes_is_cut_off() -> None:
+    async with serving(request_read_timeout=0.5) as (_, fn, admission_server):
+        port = admission_server.bound_port
+        assert port is not None
+        sock = socket.create_connection(("127.0.0.1", port))
+        with sock:
+            sock.sendall(
+                b"POST /mutate-pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n{"
+            )
+            closed = await asyncio.to_thread(_reads_eof, sock)
+        assert closed
+        assert fn.entered == 0
+
+
+async def test_connections_over_the_limit_are_closed_as_they_are_made() -> None:
+    async with serving(max_connections=3) as (_, _, admission_server):
+        port = admission_server.bound_port
+        assert port is not None
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            await until(lambda: admission_server.connections >= 3)
+            extra = socket.create_connection(("127.0.0.1", port))
+            with extra:
+                assert await asyncio.to_thread(_reads_eof, extra)
+            assert admission_server.connections == 3
+        finally:
+            for sock in held:
+                sock.close()
+
+
+async def test_answers_close_their_connection_while_draining() -> None:
+    async with serving() as (url, fn, admission_server), aiohttp.ClientSession() as session:
+        fn.release.set()
+        _, _, before = await post(session, f"{url}/{names.MUTATE_PODS}")
+        admission_server.begin_draining()
+        _, _, during = await post(session, f"{url}/{names.MUTATE_PODS}")
+    assert before.headers.get("Connection", "").lower() != "close"
+    assert during.headers["Connection"].lower() == "close"
+
+
+async def test_idle_connections_are_closed_and_busy_ones_kept() -> None:
+    async with serving() as (url, fn, admission_server):
+        port = admission_server.bound_port
+        assert port is not None
+        idle = socket.create_connection(("127.0.0.1", port))
+        async with aiohttp.ClientSession() as session:
+            busy = asyncio.create_task(post(session, f"{url}/{names.MUTATE_PODS}"))
+            await fn.inside.wait()
+            await until(lambda: admission_server.connections >= 2)
+
+            closed = admission_server.close_idle_connections()
+
+            assert closed == 1
+            with idle:
+                assert await asyncio.to_thread(_reads_eof, idle)
+            fn.release.set()
+            status, _, _ = await busy
+            assert status == 200
+
+
+async def test_health_is_answered_while_the_admission_loop_is_blocked() -> None:
+    blocked = threading.Event()
+    answered: list[bytes] = []
+    health = server.HealthServer(address="127.0.0.1", port=0, readiness=lambda: [])
+    await health.start()
+    try:
+        url = f"http://127.0.0.1:{health.bound_port}/healthz"
+
+        def probe() -> None:
+            blocked.wait(60)
+            with urllib.request.urlopen(url, timeout=60) as response:
+                answered.append(response.read())
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        # Block this event loop (the admission loop) until the probe has its answer.
+        blocked.set()
+        prober.join(60)
+        assert answered == [b"ok\n"]
+    finally:
+        await health.stop()
+
+
+async def test_readiness_reports_what_it_waits_for() -> None:
+    waiting: list[str] = ["the TLS certificate is not loaded yet"]
+    reasons: Callable[[], list[str]] = lambda: list(waiting)  # noqa: E731
+    health = server.HealthServer(address="127.0.0.1", port=0, readiness=reasons)
+    await health.start()
+    try:
+        url = f"http://127.0.0.1:{health.bound_port}/readyz"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as response:
+                assert response.status == 503
+                assert "waiting: the TLS certificate" in await response.text()
+            waiting.clear()
+            async with session.get(url) as response:
+                assert (response.status, await response.text()) == (200, "ready\n")
+    finally:
+        await health.stop()
