@@ -345,6 +345,34 @@ def test_a_missing_image_in_a_pod_is_denied_and_nothing_is_patched(replay: Repla
     assert "patch" not in answer["response"]
 
 
+def test_an_ecr_image_spelled_with_port_443_is_denied_under_enforce_like_every_spelling(
+    replay: Replay, control_plane: ControlPlane
+) -> None:
+    enforce = f"{replay.prefix}-enforce"
+    review = replay.golden("pod-create")
+    obj = review["request"]["object"]
+    obj["metadata"]["labels"]["spelling"] = enforce
+    spelled = replay.image("app", "v1").replace(f"{REGISTRY}/", f"{REGISTRY}:443/", 1)
+    obj["spec"]["containers"][0]["image"] = spelled
+    spec = {
+        "namespaceSelector": cluster.only_in(GOLDEN_NAMESPACE),
+        "podSelector": {"matchLabels": {"spelling": enforce}},
+        "images": ["*.dkr.ecr.*.amazonaws.com/**"],
+        "action": "Enforce",
+    }
+
+    with control_plane.new_api_client() as api, cluster.policies(api, {enforce: spec}):
+        status, answer = replay.post(f"/{names.VALIDATE_PODS}", review)
+
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    message = answer["response"]["status"]["message"]
+    assert f"containers[app]: image {spelled!r} (repository {replay.prefix}/app" in message
+    assert f"in registry {REGISTRY}," in message
+    assert names.REASON_TAG_NOT_PINNED in message
+    assert f"DigestPolicy {enforce}, action Enforce" in message
+
+
 def test_a_review_sent_to_the_path_of_another_resource_is_refused(replay: Replay) -> None:
     review = replay.golden("pod-create")
     status, answer = replay.post("/validate-deployments", review)

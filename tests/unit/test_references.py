@@ -113,6 +113,134 @@ def test_ecr_host_spelled_in_capitals_is_the_same_repository() -> None:
     )
 
 
+# Registry hosts in their one spelling
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param(f"{ECR}:443", id="https-port"),
+        pytest.param(f"{ECR}:0443", id="https-port-with-a-leading-zero"),
+        pytest.param(f"{ECR}.", id="trailing-dot"),
+        pytest.param(f"{ECR}.:443", id="trailing-dot-and-https-port"),
+        pytest.param(ECR.upper(), id="capitals"),
+        pytest.param("111122223333.DKR.Ecr.EU-west-1.amazonaws.COM.:443", id="all-of-them"),
+    ],
+)
+def test_every_spelling_of_an_ecr_host_is_the_canonical_registry(host: str) -> None:
+    ref = references.parse(f"{host}/team/app:v1")
+    assert ref.name == f"{ECR}/team/app"
+    assert ref.ecr == references.parse_ecr_host(ECR)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param(f"{ECR}:443", id="https-port"),
+        pytest.param(f"{ECR}.", id="trailing-dot"),
+        pytest.param(ECR.upper(), id="capitals"),
+    ],
+)
+def test_parse_ecr_host_recognises_every_spelling_of_an_ecr_host(host: str) -> None:
+    assert references.parse_ecr_host(host) == references.parse_ecr_host(ECR)
+
+
+def test_https_port_is_dropped_from_any_registry() -> None:
+    assert references.parse("registry.example.com:443/app").registry == "registry.example.com"
+
+
+def test_trailing_dot_is_dropped_from_a_registry_host() -> None:
+    ref = references.parse("registry.example.com./app:v1")
+    assert (ref.registry, ref.repository, ref.tag) == ("registry.example.com", "app", "v1")
+
+
+def test_trailing_dot_is_dropped_before_a_port() -> None:
+    assert references.parse("registry.example.com.:5000/app").registry == (
+        "registry.example.com:5000"
+    )
+
+
+def test_port_is_written_as_a_plain_number() -> None:
+    assert references.parse("registry.example.com:05000/app").registry == (
+        "registry.example.com:5000"
+    )
+
+
+def test_a_port_other_than_the_default_is_kept() -> None:
+    assert references.parse("registry.example.com:8443/app").registry == (
+        "registry.example.com:8443"
+    )
+
+
+def test_http_port_is_kept_for_a_registry_not_configured_as_plain_http() -> None:
+    # HTTPS on port 80 is another endpoint than HTTPS on 443.
+    assert references.parse("registry.example.com:80/app").registry == "registry.example.com:80"
+
+
+def test_http_port_is_dropped_for_a_registry_configured_as_plain_http() -> None:
+    plain = references.plain_http_hosts(["registry.example.com"])
+    ref = references.parse("registry.example.com:80/app", plain_http=plain)
+    assert ref.registry == "registry.example.com"
+
+
+def test_https_port_is_kept_for_a_registry_configured_as_plain_http() -> None:
+    plain = references.plain_http_hosts(["registry.example.com"])
+    ref = references.parse("registry.example.com:443/app", plain_http=plain)
+    assert ref.registry == "registry.example.com:443"
+
+
+def test_plain_http_on_port_443_keeps_the_port() -> None:
+    plain = references.plain_http_hosts(["registry.example.com:443"])
+    ref = references.parse("registry.example.com:443/app", plain_http=plain)
+    assert ref.registry == "registry.example.com:443"
+
+
+def test_plain_http_hosts_are_made_canonical() -> None:
+    entries = ["Registry.Example.com.:80", " mirror.local ", "cache:5000", "[::1]:80"]
+    assert references.plain_http_hosts(entries) == {
+        "registry.example.com",
+        "mirror.local",
+        "cache:5000",
+        "[::1]",
+    }
+
+
+@pytest.mark.parametrize("entry", ["http://registry.example.com", "registry/path", "", "h:99999"])
+def test_plain_http_entry_that_is_not_a_host_is_a_configuration_error(entry: str) -> None:
+    with pytest.raises(errors.ConfigurationError):
+        references.plain_http_hosts([entry])
+
+
+@pytest.mark.parametrize(
+    "image", ["Docker.IO/nginx", "docker.io:443/nginx", "index.docker.io./nginx", "nginx"]
+)
+def test_every_spelling_of_docker_hub_is_docker_io(image: str) -> None:
+    assert references.parse(image).name == "docker.io/library/nginx"
+
+
+def test_ipv6_registry_has_its_https_port_dropped_and_is_lowercased() -> None:
+    assert references.parse("[2001:DB8::1]:443/app").registry == "[2001:db8::1]"
+
+
+def test_registry_port_above_65535_is_refused() -> None:
+    assert problem_of("registry.example.com:65536/app") == "the registry port is above 65535"
+
+
+def test_two_trailing_dots_are_refused() -> None:
+    assert "is not a valid host[:port]" in problem_of("registry.example.com../app")
+
+
+def test_trailing_dot_on_an_ipv6_literal_is_refused() -> None:
+    assert "is not a valid host[:port]" in problem_of("[::1]./app")
+
+
+@pytest.mark.parametrize("keep_tag", [True, False])
+def test_pinned_keeps_the_spelling_of_the_host_as_written(keep_tag: bool) -> None:
+    written = "111122223333.DKR.ecr.eu-west-1.amazonaws.com.:443/team/app"
+    pinned = references.parse(f"{written}:v1").pinned(SHA256, keep_tag=keep_tag)
+    assert pinned == (f"{written}:v1@{SHA256}" if keep_tag else f"{written}@{SHA256}")
+
+
 def test_ipv6_registry_in_brackets_with_port() -> None:
     ref = references.parse("[::1]:5000/app:v1")
     assert (ref.registry, ref.repository, ref.tag) == ("[::1]:5000", "app", "v1")
@@ -514,7 +642,9 @@ def test_ecr_host_forms_name_account_region_and_partition(
         pytest.param("111122223333.dkr.ecr.us-east-1.c2s.ic.gov", id="commercial-on-iso"),
         pytest.param("111122223333.dkr.ecr.us-isob-east-1.c2s.ic.gov", id="iso-b-on-iso"),
         pytest.param("111122223333.dkr.ecr.us-gov-west-1.amazonaws.com.cn", id="gov-on-china"),
-        pytest.param("111122223333.dkr.ecr.eu-west-1.amazonaws.com:443", id="with-port"),
+        pytest.param("111122223333.dkr.ecr.eu-west-1.amazonaws.com:8443", id="other-port"),
+        pytest.param("111122223333.dkr.ecr.eu-west-1.amazonaws.com:80", id="http-port"),
+        pytest.param("111122223333.dkr.ecr.eu-west-1.amazonaws.com..", id="two-trailing-dots"),
         pytest.param("111122223333.dkr.ecr.eu-west-1.amazonaws.com.evil.io", id="suffixed"),
         pytest.param("x111122223333.dkr.ecr.eu-west-1.amazonaws.com", id="prefixed"),
         pytest.param("111122223333.dkr.ecr.amazonaws.com", id="no-region"),
@@ -615,7 +745,9 @@ def test_every_reference_built_from_the_grammar_parses_back_into_its_parts(
 
     ref = references.parse(image)
 
-    expected_registry = registry.lower() if registry is not None else "docker.io"
+    expected_registry = (
+        registry.lower().removesuffix(":443") if registry is not None else "docker.io"
+    )
     expected_repository = path if registry is not None or "/" in path else f"library/{path}"
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
         expected_registry,

@@ -141,8 +141,13 @@ def plan(
     all_policies: Iterable[policies.Policy],
     namespace_labels: Mapping[str, str],
     phase: Phase,
+    *,
+    plain_http: references.PlainHttpHosts = references.NO_PLAIN_HTTP,
 ) -> Plan:
-    """Which images to examine, which policies apply to each, and what to ask the registry."""
+    """Which images to examine, which policies apply to each, and what to ask the registry.
+
+    `plain_http` is the configured plain-HTTP registries: their `:80` is the default port.
+    """
     pod_labels = containers.pod_labels(review.obj)
     previous = _previous_images(review)
     subjects: list[Subject] = []
@@ -154,7 +159,9 @@ def plan(
         if previous.get((container.list_name, container.container)) == container.image:
             continue
         try:
-            reference: references.ImageReference | None = references.parse(container.image)
+            reference: references.ImageReference | None = references.parse(
+                container.image, plain_http=plain_http
+            )
             problem = None
         except errors.InvalidReference as error:
             reference, problem = None, error.problem

@@ -3,17 +3,26 @@
 The grammar is the one of `distribution/reference` (the code every container
 runtime uses), so a string accepted here is one a kubelet can pull, and a string
 refused here gets a message saying which part is wrong.
+
+One image, one name: the parsed registry is canonical, so that policy globs, routing
+(ECR or OCI), the cache and messages all see one spelling of each registry however
+a pod writes it. `canonical_host` says what is folded together and why.
 """
 
 import dataclasses
 import functools
 import re
+from collections.abc import Iterable
 from typing import Final, NewType
 
 from webhook import errors
 
 Digest = NewType("Digest", str)
 """An OCI content digest, `algorithm:hex`, for example `sha256:9f86…`."""
+
+PlainHttpHosts = NewType("PlainHttpHosts", frozenset[str])
+"""Canonical hosts (and `host:port`s) of the registries reached over plain HTTP."""
+NO_PLAIN_HTTP: Final = PlainHttpHosts(frozenset())
 
 DOCKER_HUB: Final = "docker.io"
 _DOCKER_HUB_ALIASES: Final = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
@@ -23,9 +32,15 @@ _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[._]|__|-+)"
 _PATH_COMPONENT = re.compile(rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*")
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+# As in `distribution/reference`, plus one trailing dot after a domain name (the
+# fully qualified spelling of the same host), which `canonical_host` removes.
 _DOMAIN = re.compile(
-    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+    rf"(?P<host>{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*\.?|\[[0-9a-fA-F:.]+\])"
+    r"(?::(?P<port>[0-9]+))?"
 )
+_PORT_MAX: Final = 65535
+_HTTPS_PORT: Final = 443
+_HTTP_PORT: Final = 80
 # ASCII only, as in Go's `\w`: Python's `\w` would also accept letters of every script.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
@@ -49,6 +64,7 @@ class ImageReference:
 
     original: str
     registry: str
+    """Canonical (`canonical_host`), Docker Hub's aliases folded into `docker.io`."""
     repository: str
     tag: str | None
     digest: Digest | None
@@ -75,8 +91,12 @@ class ImageReference:
         return f"{untagged}@{digest}"
 
 
-def parse(image: str) -> ImageReference:
-    """Parse `image`, or raise `InvalidReference` naming the part that is wrong."""
+def parse(image: str, *, plain_http: PlainHttpHosts = NO_PLAIN_HTTP) -> ImageReference:
+    """Parse `image`, or raise `InvalidReference` naming the part that is wrong.
+
+    `plain_http` (from `plain_http_hosts`) names the registries reached over plain
+    HTTP, whose default port is 80 rather than 443 (see `canonical_host`).
+    """
     if not image:
         raise errors.InvalidReference(image, "the reference is empty")
     if image != image.strip():
@@ -110,8 +130,10 @@ def parse(image: str) -> ImageReference:
             image, f"the name is {len(written_name)} characters long (at most {NAME_MAX_LENGTH})"
         )
 
-    # Hosts are case-insensitive: one spelling keeps one cache entry per repository.
-    registry = registry.lower() if registry is not None else None
+    if registry is not None:
+        registry = canonical_host(registry, plain_http=plain_http)
+        if registry is None:
+            raise errors.InvalidReference(image, "the registry port is above 65535")
     if registry is None or registry in _DOCKER_HUB_ALIASES:
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and "/" not in path:
@@ -123,6 +145,61 @@ def parse(image: str) -> ImageReference:
         tag=tag,
         digest=Digest(digest) if digest else None,
     )
+
+
+def canonical_host(host: str, *, plain_http: PlainHttpHosts = NO_PLAIN_HTTP) -> str | None:
+    """The one spelling of registry `host[:port]`, or None when it is not a valid one.
+
+    Every spelling that reaches the same registry endpoint gets the same result, so a
+    policy glob or the ECR host pattern cannot be sidestepped by writing a host
+    differently: lower case (DNS names are case-insensitive), no trailing dot (the
+    fully qualified form of the same name), the port as a plain number, and no default
+    port. The default port is 443, except for the registries of `plain_http` where it
+    is 80; for those `:443` stays, as the other ports do: it names another endpoint.
+
+    Which registries speak plain HTTP is configuration, and it is taken here as a
+    parameter rather than applied later in the OCI client: `:80` must be folded
+    before policy globs are matched, or `host:80/app` would escape a policy over
+    `host/**`, and the parser is the one place every caller already goes through.
+    """
+    split = _split_host(host)
+    if split is None:
+        return None
+    name, port = split
+    if port is None:
+        return name
+    if f"{name}:{port}" in plain_http:
+        return f"{name}:{port}"
+    default = _HTTP_PORT if name in plain_http else _HTTPS_PORT
+    return name if port == default else f"{name}:{port}"
+
+
+def plain_http_hosts(entries: Iterable[str]) -> PlainHttpHosts:
+    """The configured plain-HTTP registries (`host[:port]`), canonical as `parse` needs them.
+
+    Raises `ConfigurationError` for an entry that is not a `host[:port]`.
+    """
+    hosts: set[str] = set()
+    for entry in entries:
+        split = _split_host(entry.strip())
+        if split is None:
+            raise errors.ConfigurationError(
+                f"plain-HTTP registry {entry!r} is not a host[:port] (no scheme, no path)"
+            )
+        name, port = split
+        hosts.add(name if port in (None, _HTTP_PORT) else f"{name}:{port}")
+    return PlainHttpHosts(frozenset(hosts))
+
+
+def _split_host(host: str) -> tuple[str, int | None] | None:
+    """(lower-case host without a trailing dot, port) of a valid `host[:port]`, else None."""
+    match = _DOMAIN.fullmatch(host.lower())
+    if match is None:
+        return None
+    port = None if match["port"] is None else int(match["port"])
+    if port is not None and port > _PORT_MAX:
+        return None
+    return match["host"].removesuffix("."), port
 
 
 def _check_digest(image: str, digest: str) -> None:
@@ -205,8 +282,15 @@ _PARTITION_OF_REGION_PREFIX: Final = (
 
 @functools.lru_cache(maxsize=1024)
 def parse_ecr_host(host: str) -> EcrRegistry | None:
-    """The ECR registry that `host` names, or None when it is not an ECR private registry."""
-    match = _ECR_HOST.fullmatch(host.lower())
+    """The ECR registry that `host` names, or None when it is not an ECR private registry.
+
+    Any spelling `canonical_host` folds is accepted (`…amazonaws.com:443`, a trailing
+    dot, capitals): ECR is only ever reached over HTTPS on its default port.
+    """
+    canonical = canonical_host(host)
+    if canonical is None:
+        return None
+    match = _ECR_HOST.fullmatch(canonical)
     if match is None:
         return None
     suffix = match["suffix"]
