@@ -6,7 +6,8 @@
     ├── InvalidDuration       a duration string such as maxStale that does not parse
     ├── ConfigurationError    bad command-line flags or environment
     └── RegistryError         a registry call failed as a whole (could not tell)
-        └── DeadlineExceeded  the admission's time budget ran out
+        ├── DeadlineExceeded  the admission's time budget ran out
+        └── NotAttempted      no call went out: no time left to start one
 
 Per-image outcomes (found, missing, could not tell, digest mismatch) are values,
 not exceptions: see `webhook.core.outcomes`. Errors turn into admission responses
@@ -50,3 +51,8 @@ class RegistryError(DigestguardError):
 
 class DeadlineExceeded(RegistryError):
     """The time budget of an admission ran out before the registry answered."""
+
+
+class NotAttempted(RegistryError):
+    """No registry call was made (the deadline passed before one could start): this says
+    nothing about the registry, so its circuit breaker does not count it."""

@@ -64,6 +64,18 @@ REGISTRY_SECONDS: Final = prometheus_client.Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+REGISTRY_CIRCUIT: Final = prometheus_client.Gauge(
+    "digestguard_registry_circuit",
+    "1 for the state each registry endpoint's circuit breaker is in (closed, open, half-open).",
+    ["endpoint", "state"],
+    registry=REGISTRY,
+)
+REGISTRY_CIRCUIT_TRANSITIONS: Final = prometheus_client.Counter(
+    "digestguard_registry_circuit_transitions",
+    "Changes of a registry endpoint's circuit breaker, by the state it moved to.",
+    ["endpoint", "to"],
+    registry=REGISTRY,
+)
 CACHE_LOOKUPS: Final = prometheus_client.Counter(
     "digestguard_cache_lookups",
     "Resolver cache lookups, by cache (digests, mutability) and result (hit, miss, stale).",

@@ -584,3 +584,77 @@ async def test_cache_hits_are_counted_as_hits(
     await resolve(the_resolver, clock, tag("a"), tag("b"))
 
     assert cache_lookups("hit") == before + 2
+
+
+async def open_the_circuit(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.failure = errors.RegistryError("connection refused")
+    for n in range(3):
+        await resolve(the_resolver, clock, tag(f"warm-up-{n}"))
+
+
+async def test_after_consecutive_failures_the_registry_is_not_asked(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await open_the_circuit(the_resolver, registry, clock)
+    asked = len(registry.lookups)
+
+    answers = await resolve(the_resolver, clock, tag("new"), tag("other", API))
+
+    assert len(registry.lookups) == asked
+    assert all(isinstance(a, outcomes.Unknown) for a in answers.values())
+    assert "is unavailable" in str(answers[tag("new")])
+
+
+async def test_an_open_circuit_serves_cached_digests_within_max_stale(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(120)  # past the TTL
+    await open_the_circuit(the_resolver, registry, clock)
+    asked = len(registry.lookups)
+
+    answers = await resolve(the_resolver, clock, tag("v1"), max_stale=600)
+
+    assert len(registry.lookups) == asked
+    assert answers[tag("v1")].digest == digest_of("v1")  # type: ignore[union-attr]
+
+
+async def test_one_probe_a_cool_down_finds_the_registry_back(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await open_the_circuit(the_resolver, registry, clock)
+    registry.failure = None
+    registry.images[tag("v1")] = found("v1")
+    asked = len(registry.lookups)
+    clock.advance(1.0)
+
+    answers = [await resolve(the_resolver, clock, tag("v1")) for _ in range(3)]
+
+    assert len(registry.lookups) == asked + 1, "the probe, then the cache"
+    assert all(a[tag("v1")] == found("v1") for a in answers)
+    assert the_resolver.circuit(REGISTRY).state.value == "closed"
+
+
+async def test_missing_images_do_not_open_the_circuit(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    for n in range(5):
+        await resolve(the_resolver, clock, tag(f"absent-{n}"))
+    assert the_resolver.circuit(REGISTRY).state.value == "closed"
+    assert len(registry.lookups) == 5
+
+
+async def test_each_registry_has_its_own_circuit(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    await open_the_circuit(the_resolver, registry, clock)
+    registry.failure = None
+    elsewhere = outcomes.Repository("222233334444.dkr.ecr.eu-west-1.amazonaws.com", "team/app")
+    registry.images[tag("v1", elsewhere)] = found("v1")
+
+    answers = await resolve(the_resolver, clock, tag("v1", elsewhere))
+
+    assert answers[tag("v1", elsewhere)] == found("v1")

@@ -20,6 +20,10 @@ its time budget:
 - **Stale-if-error.** When the registry could not tell (error, timeout, deadline),
   the last `Found` is served if it is no older than the caller's `max_stale`, with
   its age in `Found.age_seconds`.
+- **Circuit breaking.** Each registry endpoint has a `breaker.Breaker`: after a few
+  calls in a row failed, no call goes out and "could not tell" is answered at once
+  (so stale-if-error and onResolveError apply without waiting), with one probe a
+  second to find the registry back.
 """
 
 import asyncio
@@ -34,7 +38,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from webhook import errors, metrics
 from webhook.core import outcomes, references
-from webhook.registries import protocol
+from webhook.registries import breaker, protocol
 
 logger = logging.getLogger("digestguard.resolver")
 
@@ -163,6 +167,8 @@ class Resolver:
         mutability_ttl: float = 600.0,
         max_entries: int = 100_000,
         workers: int = 16,
+        failures_to_open: int = breaker.FAILURES_TO_OPEN,
+        cool_down: float = breaker.COOL_DOWN_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -184,6 +190,9 @@ class Resolver:
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._breakers: dict[str, breaker.Breaker] = {}
+        self._failures_to_open = failures_to_open
+        self._cool_down = cool_down
 
     async def resolve(
         self, queries: Mapping[outcomes.Query, float], *, deadline: float
@@ -312,6 +321,49 @@ class Resolver:
         # Unknown and Corrupt are not answers to keep; a Found already kept stays for
         # stale-if-error.
 
+    def circuit(self, registry: str) -> breaker.Breaker:
+        """The circuit breaker of `registry`'s endpoint."""
+        circuit = self._breakers.get(registry)
+        if circuit is None:
+            circuit = breaker.Breaker(
+                registry,
+                failures_to_open=self._failures_to_open,
+                cool_down=self._cool_down,
+                clock=self._clock,
+            )
+            self._breakers[registry] = circuit
+        return circuit
+
+    async def _guarded(
+        self, repository: outcomes.Repository, deadline: float, call: Callable[[float], _T]
+    ) -> _T:
+        """`call` in the pool, through the circuit of the repository's registry.
+
+        Raises `errors.RegistryError` when the circuit is open or the call failed as
+        a whole; an unexpected exception of the client is logged and raised as one.
+        """
+        circuit = self.circuit(repository.registry)
+        if not circuit.allow():
+            raise errors.RegistryError(circuit.refusal())
+        try:
+            result = await self._in_thread(deadline, call)
+        except errors.NotAttempted:
+            if circuit.state is breaker.State.HALF_OPEN:
+                circuit.failed("the probe could not start in time")
+            raise
+        except errors.RegistryError as exc:
+            circuit.failed(str(exc))
+            raise
+        except asyncio.CancelledError:
+            circuit.failed("the call was cancelled")
+            raise
+        except Exception as exc:
+            logger.exception("registry client failed", extra={"repository": str(repository)})
+            circuit.failed(repr(exc))
+            raise errors.RegistryError(f"the registry client failed: {exc!r}") from exc
+        circuit.succeeded()
+        return result
+
     async def _lookup(
         self,
         repository: outcomes.Repository,
@@ -319,16 +371,13 @@ class Resolver:
         deadline: float,
     ) -> dict[outcomes.Query, outcomes.Outcome]:
         try:
-            answers = await self._in_thread(
-                deadline, lambda timeout: self._client.lookup(repository, batch, timeout=timeout)
+            answers = await self._guarded(
+                repository,
+                deadline,
+                lambda timeout: self._client.lookup(repository, batch, timeout=timeout),
             )
         except errors.RegistryError as exc:
             return dict.fromkeys(batch, outcomes.Unknown(f"{repository}: {exc}"))
-        except Exception as exc:
-            logger.exception("registry lookup failed", extra={"repository": str(repository)})
-            return dict.fromkeys(
-                batch, outcomes.Unknown(f"{repository}: the registry client failed: {exc!r}")
-            )
         results: dict[outcomes.Query, outcomes.Outcome] = {}
         now = self._clock()
         for query in batch:
@@ -344,14 +393,13 @@ class Resolver:
     ) -> dict[outcomes.Repository, outcomes.MutabilityOutcome]:
         outcome: outcomes.MutabilityOutcome
         try:
-            outcome = await self._in_thread(
-                deadline, lambda timeout: self._client.mutability(repository, timeout=timeout)
+            outcome = await self._guarded(
+                repository,
+                deadline,
+                lambda timeout: self._client.mutability(repository, timeout=timeout),
             )
         except errors.RegistryError as exc:
             outcome = outcomes.Unknown(f"{repository}: {exc}")
-        except Exception as exc:
-            logger.exception("registry mutability failed", extra={"repository": str(repository)})
-            outcome = outcomes.Unknown(f"{repository}: the registry client failed: {exc!r}")
         if isinstance(outcome, outcomes.TagMutability):
             self._mutabilities.put(repository, outcome, self._clock())
         return {repository: outcome}
@@ -359,14 +407,14 @@ class Resolver:
     async def _in_thread(self, deadline: float, call: Callable[[float], _T]) -> _T:
         """`call(time left)` in the pool; the time is measured when a thread picks it up."""
         if self._closed:
-            raise errors.RegistryError("the resolver is shut down")
+            raise errors.NotAttempted("the resolver is shut down")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._with_time_left, deadline, call)
 
     def _with_time_left(self, deadline: float, call: Callable[[float], _T]) -> _T:
         time_left = deadline - self._clock()
         if time_left <= 0:
-            raise errors.DeadlineExceeded("the deadline passed before a registry call could start")
+            raise errors.NotAttempted("the deadline passed before a registry call could start")
         return call(time_left)
 
     def _start(
