@@ -16,7 +16,6 @@ import datetime
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,9 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
-from tests.support import bundles, cluster, image, oci_registry
+from tests.support import bundles, cluster, image, oci_registry, ports
 from tests.support.controlplane import ControlPlane
 from tests.support.deployed import DeployedContainer
-from tests.support.webhook_process import free_port
 from webhook import names
 from webhook.tls import certificates, secret
 
@@ -698,7 +696,7 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
         oci_registry.running_registry() as plain_http,
     ):
         # The Service port is the container port: the apiserver dials it directly.
-        port, health_port = free_port(), free_port()
+        port, health_port = ports.free_port(), ports.free_port()
         values = [
             *("--set", f"service.port={port}", "--set", f"containerPorts.webhook={port}"),
             *("--set", f"containerPorts.health={health_port}", "--set", "aws.region=us-east-1"),
@@ -848,21 +846,37 @@ def prove_pinning_and_refusal(
         cluster.delete_namespace(api, namespace)
 
 
+def _listed_at(list_call: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
+    """The resourceVersion of a list: a watch from it misses nothing written after."""
+    listed: dict[str, Any] = json.loads(list_call(*args, _preload_content=False, **kwargs).data)
+    version: str = listed["metadata"]["resourceVersion"]
+    return version
+
+
 def _deletions(
-    api: Any,
     list_call: Callable[..., Any],
+    since: str,
     stop: threading.Event,
     into: list[tuple[str, int]],
     *args: Any,
     **kwargs: Any,
 ) -> None:
-    """Record (kind, resourceVersion) of every DELETED event until `stop` is set."""
+    """Record (kind, resourceVersion) of every DELETED event after `since` until `stop`
+    is set; each stream resumes where the last one ended, so no event falls between."""
     watcher = watch.Watch()
     while not stop.is_set():
-        for event in watcher.stream(list_call, *args, timeout_seconds=1, **kwargs):
+        for event in watcher.stream(
+            list_call,
+            *args,
+            resource_version=since,
+            allow_watch_bookmarks=True,
+            timeout_seconds=1,
+            **kwargs,
+        ):
+            obj = event["raw_object"]
+            since = obj["metadata"]["resourceVersion"]
             if event["type"] == "DELETED":
-                obj = event["raw_object"]
-                into.append((obj["kind"], int(obj["metadata"]["resourceVersion"])))
+                into.append((obj["kind"], int(since)))
 
 
 def test_uninstall_removes_the_webhook_configurations_before_anything_else(
@@ -876,32 +890,24 @@ def test_uninstall_removes_the_webhook_configurations_before_anything_else(
     selector = f"metadata.name={release.fullname}"
     deleted: list[tuple[str, int]] = []
     stop = threading.Event()
+    calls: list[tuple[Callable[..., Any], tuple[str, ...]]] = [
+        (admission.list_mutating_webhook_configuration, ()),
+        (admission.list_validating_webhook_configuration, ()),
+        (client.CoreV1Api(api).list_namespaced_service, (release.namespace,)),
+        (client.AppsV1Api(api).list_namespaced_deployment, (release.namespace,)),
+    ]
+    # Listed before the uninstall starts: every deletion comes after these versions.
     watchers = [
         threading.Thread(
             target=_deletions,
-            args=(api, call, stop, deleted),
+            args=(call, _listed_at(call, *args, field_selector=selector), stop, deleted, *args),
             kwargs={"field_selector": selector},
             daemon=True,
         )
-        for call in (
-            admission.list_mutating_webhook_configuration,
-            admission.list_validating_webhook_configuration,
-        )
-    ] + [
-        threading.Thread(
-            target=_deletions,
-            args=(api, call, stop, deleted, release.namespace),
-            kwargs={"field_selector": selector},
-            daemon=True,
-        )
-        for call in (
-            client.CoreV1Api(api).list_namespaced_service,
-            client.AppsV1Api(api).list_namespaced_deployment,
-        )
+        for call, args in calls
     ]
     for watcher in watchers:
         watcher.start()
-    time.sleep(1.5)  # let every watch begin before anything is deleted
     try:
         release.uninstall()
         cluster.eventually("the deletions to be seen", lambda: len({k for k, _ in deleted}) == 4)

@@ -63,7 +63,7 @@ async def served() -> AsyncIterator[tuple[str, RecordingFn, server.AdmissionServ
         port=0,
         certfile=None,
         keyfile=None,
-        answer_within=0.5,
+        answer_within=30.0,
         max_body_bytes=64 * 1024,
     )
     configs = admission_server(fn)

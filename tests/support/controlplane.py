@@ -28,7 +28,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -42,6 +41,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from tests.support import ports
 
 # Keep these defaults in step with hack/envtest-assets.sh (a test checks it).
 K8S_VERSION = "v1.34.4"
@@ -137,14 +138,9 @@ def find_helm(assets_dir: Path | None = None) -> Path | None:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports that were free on ``host`` a moment ago."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
+    """``count`` distinct TCP ports, free on ``host`` a moment ago, that no outgoing
+    connection takes (etcd and the apiserver must be told theirs: see ``ports``)."""
+    return [ports.free_port(host) for _ in range(count)]
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:

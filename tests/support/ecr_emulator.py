@@ -11,17 +11,20 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 import botocore.exceptions
+
+from tests.support import ports
 
 if TYPE_CHECKING:
     from types_boto3_ecr.client import ECRClient
@@ -202,12 +205,6 @@ class MotoServer:
             self.process.wait(within)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
@@ -217,16 +214,28 @@ def _answers(url: str) -> bool:
 
 
 def start_moto_server(*, port: int | None = None, ready_within: float = 30.0) -> MotoServer:
-    """Start `python -m moto.server` on 127.0.0.1 and wait until it answers."""
-    port = port or _free_port()
-    url = f"http://127.0.0.1:{port}"
+    """Start `python -m moto.server` on 127.0.0.1 (on a port of its choosing unless
+    `port` is given) and wait until it answers."""
     env = os.environ | FAKE_CREDENTIALS | {"AWS_DEFAULT_REGION": REGION}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with tempfile.TemporaryDirectory(prefix="digestguard-moto-") as directory:
+        log_path = Path(directory) / "moto.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port or 0)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            # Its start-up line names the port it bound: " * Running on http://HOST:PORT".
+            port = ports.announced_port(
+                log_path, r"Running on http://127\.0\.0\.1:(\d+)", process, ready_within
+            )
+        except RuntimeError as error:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"moto server: {error}") from None
+    url = f"http://127.0.0.1:{port}"
     server = MotoServer(url, process)
     give_up = time.monotonic() + ready_within
     while not _answers(url):

@@ -25,7 +25,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -46,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from tests.support import ecr_emulator
+from tests.support import ecr_emulator, ports
 
 BINARY: Final = "docker-registry"
 SKIPPED: Final = "REGISTRY SKIPPED: docker-registry not installed; apt-get install docker-registry"
@@ -337,12 +336,6 @@ def _client_context(registry: Registry) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=str(registry.ca_file))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers(url: str, context: ssl.SSLContext | None) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/v2/", timeout=1, context=context):
@@ -354,19 +347,19 @@ def _answers(url: str, context: ssl.SSLContext | None) -> bool:
 
 
 def start_registry(*, secured: bool = False, ready_within: float = 30.0) -> Registry:
-    """Start the registry binary on a free loopback port and wait until it answers."""
+    """Start the registry binary on a loopback port of its choosing and wait until it
+    answers."""
     binary = require_binary()
     directory = Path(tempfile.mkdtemp(prefix="digestguard-registry-"))
-    port = _free_port()
-    host = f"{HOST}:{port}"
     config: dict[str, Any] = {
         "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        # Info: the level of the "listening on" line that names the port it bound.
+        "log": {"level": "info", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": str(directory / "storage")},
             "delete": {"enabled": True},
         },
-        "http": {"addr": f"127.0.0.1:{port}", "secret": uuid.uuid4().hex},
+        "http": {"addr": "127.0.0.1:0", "secret": uuid.uuid4().hex},
         "health": {"storagedriver": {"enabled": False}},
     }
     token_server = None
@@ -395,6 +388,17 @@ def start_registry(*, secured: bool = False, ready_within: float = 30.0) -> Regi
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    try:
+        port = ports.announced_port(
+            directory / "registry.log", r"listening on 127\.0\.0\.1:(\d+)", process, ready_within
+        )
+    except RuntimeError as error:
+        process.kill()
+        process.wait()
+        if token_server is not None:
+            token_server.stop()
+        raise RuntimeError(f"{BINARY}: {error}") from None
+    host = f"{HOST}:{port}"
     registry = Registry(
         host, f"{scheme}://{host}", process, directory, ca_file=ca_file, token_server=token_server
     )

@@ -3,18 +3,20 @@
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,12 +32,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ServeProcess:
     """A `digestguard serve` process: started, waited on until /readyz answers, stopped.
 
@@ -47,7 +43,7 @@ class ServeProcess:
         self.port = port
         self.health_port = health_port
         self.cwd = cwd
-        self.log_path = workdir / f"webhook-{port}.log"
+        self.log_path = workdir / f"webhook-{uuid.uuid4().hex[:12]}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -139,8 +135,14 @@ class ServeProcess:
             return "(no log)"
 
 
+SERVING_LOG_LINE = r'"serving admission reviews".*?"url": "https://[^"]*:(\d+)"'
+"""What the webhook logs once it listens: the port it bound (group 1)."""
+
+
 class WebhookProcess(ServeProcess):
-    """`python -m webhook serve` with files TLS and an ECR endpoint, on free loopback ports."""
+    """`python -m webhook serve` with files TLS and an ECR endpoint, on loopback: the
+    admission port is the one it bound (port 0) and said in its log; the health port,
+    which cannot be 0 (that turns it off), is one no connection takes (`ports`)."""
 
     def __init__(
         self,
@@ -155,7 +157,7 @@ class WebhookProcess(ServeProcess):
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(workdir=workdir, port=free_port(), health_port=free_port(), cwd=REPO_ROOT)
+        super().__init__(workdir=workdir, port=0, health_port=ports.free_port(), cwd=REPO_ROOT)
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.ecr_endpoint_url = ecr_endpoint_url
@@ -174,7 +176,7 @@ class WebhookProcess(ServeProcess):
             "--address",
             "127.0.0.1",
             "--port",
-            str(self.port),
+            "0",
             "--health-port",
             str(self.health_port),
             "--namespace",
@@ -195,16 +197,28 @@ class WebhookProcess(ServeProcess):
         ]
 
     def start(self, ready_within: float = 60.0, attempts: int = 3) -> Self:
-        """Start and wait until ready; on a port taken before ours bound it, retry on new ones."""
+        """Start and wait until ready; learn the admission port it bound from its log.
+        Should another server have been told the same health port, retry on a new one."""
         for attempt in range(attempts):
+            # A log of its own for each start: the port read from it is this start's.
+            self.log_path = self.workdir / f"webhook-{uuid.uuid4().hex[:12]}.log"
             try:
-                return self._start_once(ready_within)
+                self._start_once(ready_within)
             except RuntimeError as error:
                 if "address already in use" not in str(error) or attempt + 1 == attempts:
                     raise
                 self.stop()
-                self.port, self.health_port = free_port(), free_port()
-                self.log_path = self.workdir / f"webhook-{self.port}.log"
+                self.health_port = ports.free_port()
+                continue
+            assert self.process is not None
+            try:
+                self.port = ports.announced_port(
+                    self.log_path, SERVING_LOG_LINE, self.process, ready_within
+                )
+            except RuntimeError as error:
+                self.stop()
+                raise RuntimeError(f"the webhook {error}") from None
+            return self
         raise AssertionError("unreachable")
 
     def environment(self) -> dict[str, str]:
