@@ -24,7 +24,7 @@ import yaml
 from tests.support import cluster, controlplane
 from webhook import cli, errors, names
 from webhook.core import durations, policies, selectors
-from webhook.registries import oci
+from webhook.registries.oci import client as oci
 from webhook.serving import server
 from webhook.tls import certificates, secret
 

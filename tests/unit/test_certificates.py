@@ -9,6 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support import bundles
+from webhook import errors
 from webhook.tls import certificates
 
 NOW = datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.UTC)
@@ -194,7 +195,7 @@ def test_bundle_splits_into_its_certificates_and_joins_back() -> None:
 
 @pytest.mark.parametrize("garbage", [b"", b"not a certificate", b"-----BEGIN CERTIFICATE-----\n"])
 def test_garbage_is_an_invalid_certificate(garbage: bytes) -> None:
-    with pytest.raises(certificates.InvalidCertificate):
+    with pytest.raises(errors.InvalidCertificate):
         certificates.describe(garbage)
     assert not certificates.key_matches(garbage, garbage)
     assert not certificates.is_issued_by(garbage, garbage)

@@ -4,7 +4,8 @@ import pytest
 
 from webhook import errors
 from webhook.core import outcomes
-from webhook.registries import oci
+from webhook.registries.oci import auth
+from webhook.registries.oci import client as oci
 
 
 def test_a_docker_hub_bearer_challenge_is_parsed() -> None:
@@ -12,7 +13,7 @@ def test_a_docker_hub_bearer_challenge_is_parsed() -> None:
         'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
         'scope="repository:library/nginx:pull"'
     )
-    (challenge,) = oci.parse_challenges(header)
+    (challenge,) = auth.parse_challenges(header)
     assert challenge.scheme == "bearer"
     assert challenge.realm == "https://auth.docker.io/token"
     assert challenge.service == "registry.docker.io"
@@ -20,12 +21,14 @@ def test_a_docker_hub_bearer_challenge_is_parsed() -> None:
 
 
 def test_a_scope_with_several_actions_keeps_its_comma() -> None:
-    (challenge,) = oci.parse_challenges('Bearer realm="https://r/t",scope="repository:a:pull,push"')
+    (challenge,) = auth.parse_challenges(
+        'Bearer realm="https://r/t",scope="repository:a:pull,push"'
+    )
     assert challenge.scope == "repository:a:pull,push"
 
 
 def test_scheme_and_parameter_names_are_case_insensitive() -> None:
-    (challenge,) = oci.parse_challenges('BEARER Realm="https://r/t", SERVICE=reg')
+    (challenge,) = auth.parse_challenges('BEARER Realm="https://r/t", SERVICE=reg')
     assert (challenge.scheme, challenge.realm, challenge.service) == (
         "bearer",
         "https://r/t",
@@ -34,17 +37,17 @@ def test_scheme_and_parameter_names_are_case_insensitive() -> None:
 
 
 def test_unquoted_values_and_spaces_around_separators_are_accepted() -> None:
-    (challenge,) = oci.parse_challenges('Bearer realm = "https://r/t" , service=reg.example')
+    (challenge,) = auth.parse_challenges('Bearer realm = "https://r/t" , service=reg.example')
     assert (challenge.realm, challenge.service) == ("https://r/t", "reg.example")
 
 
 def test_escaped_characters_in_quoted_values_are_unescaped() -> None:
-    (challenge,) = oci.parse_challenges(r'Bearer realm="https://r/t",error="say \"no\""')
+    (challenge,) = auth.parse_challenges(r'Bearer realm="https://r/t",error="say \"no\""')
     assert challenge.params["error"] == 'say "no"'
 
 
 def test_several_challenges_in_one_header_are_told_apart() -> None:
-    challenges = oci.parse_challenges(
+    challenges = auth.parse_challenges(
         'Basic realm="Registry", Bearer realm="https://r/t",service="reg"'
     )
     assert [(c.scheme, c.realm) for c in challenges] == [
@@ -54,7 +57,7 @@ def test_several_challenges_in_one_header_are_told_apart() -> None:
 
 
 def test_a_token68_challenge_is_skipped_over() -> None:
-    challenges = oci.parse_challenges('Negotiate abc123==, Bearer realm="https://r/t"')
+    challenges = auth.parse_challenges('Negotiate abc123==, Bearer realm="https://r/t"')
     assert [(c.scheme, dict(c.params)) for c in challenges] == [
         ("negotiate", {}),
         ("bearer", {"realm": "https://r/t"}),
@@ -63,11 +66,11 @@ def test_a_token68_challenge_is_skipped_over() -> None:
 
 @pytest.mark.parametrize("header", ["", "  ", ",", '="x"'])
 def test_an_empty_or_broken_header_has_no_challenges(header: str) -> None:
-    assert oci.parse_challenges(header) == ()
+    assert auth.parse_challenges(header) == ()
 
 
 def test_a_bearer_challenge_without_parameters_has_no_realm() -> None:
-    (challenge,) = oci.parse_challenges("Bearer")
+    (challenge,) = auth.parse_challenges("Bearer")
     assert challenge.realm is None
 
 
@@ -79,7 +82,7 @@ def test_docker_hub_is_served_at_registry_1() -> None:
 
 def test_the_pull_scope_names_the_repository() -> None:
     repository = outcomes.Repository("docker.io", "library/nginx")
-    assert oci.pull_scope(repository) == "repository:library/nginx:pull"
+    assert auth.pull_scope(repository) == "repository:library/nginx:pull"
 
 
 def test_tag_mutability_is_unknown_outside_ecr() -> None:

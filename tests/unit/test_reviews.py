@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from webhook import errors
 from webhook.serving import reviews
 
 UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
@@ -58,8 +59,8 @@ def body(**request_changes: Any) -> dict[str, Any]:
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
 
-def refused(raw: Any) -> reviews.InvalidReview:
-    with pytest.raises(reviews.InvalidReview) as caught:
+def refused(raw: Any) -> errors.InvalidReview:
+    with pytest.raises(errors.InvalidReview) as caught:
         reviews.check(raw)
     return caught.value
 
@@ -240,14 +241,14 @@ def test_dry_run_that_is_not_a_boolean_is_refused(dry_run: Any) -> None:
 @settings(max_examples=300, deadline=None)
 @given(JSON)
 def test_arbitrary_json_is_refused_only_as_an_invalid_review(raw: Any) -> None:
-    with pytest.raises(reviews.InvalidReview):
+    with pytest.raises(errors.InvalidReview):
         reviews.check(raw)
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.dictionaries(REQUEST_FIELDS, JSON, min_size=1, max_size=4))
 def test_any_field_of_any_shape_never_raises_anything_but_invalid_review(changes: Any) -> None:
-    with contextlib.suppress(reviews.InvalidReview):
+    with contextlib.suppress(errors.InvalidReview):
         reviews.check(body(**changes))
 
 

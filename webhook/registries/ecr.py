@@ -49,7 +49,6 @@ spent; an attempt already running is bounded by the connect and read timeouts.
 """
 
 import dataclasses
-import hashlib
 import logging
 import re
 import threading
@@ -63,7 +62,7 @@ import botocore.exceptions
 
 from webhook import errors, metrics
 from webhook.core import outcomes, references
-from webhook.registries import protocol, retries
+from webhook.registries import manifests, protocol, retries
 
 if TYPE_CHECKING:
     from types_boto3_ecr.client import ECRClient
@@ -120,23 +119,12 @@ _ECR_REPOSITORY_NAME: Final = re.compile(
 )
 _ECR_REPOSITORY_NAME_LENGTH: Final = range(2, 257)
 
-_HASHES: Final = frozenset({"sha256", "sha384", "sha512"})
-
 
 @dataclasses.dataclass(frozen=True)
 class _ClientKey:
     region: str
     fips: bool
     dualstack: bool
-
-
-class _CallFailed(Exception):
-    """A non-retryable failure of one request, carrying the botocore error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class EcrClient:
@@ -236,7 +224,7 @@ class EcrClient:
                 budget_end=budget_end,
                 context=context,
             )
-        except _CallFailed as exc:
+        except errors.ErrorResponse as exc:
             if exc.code == "RepositoryNotFoundException":
                 return outcomes.Unknown(
                     f"repository {repository.name} does not exist in account"
@@ -303,7 +291,7 @@ class EcrClient:
                 budget_end=budget_end,
                 context=context,
             )
-        except _CallFailed as exc:
+        except errors.ErrorResponse as exc:
             if exc.code == "RepositoryNotFoundException":
                 missing = outcomes.Missing(
                     REPOSITORY_NOT_FOUND,
@@ -327,16 +315,13 @@ class EcrClient:
         budget_end: float,
         context: dict[str, Any],
     ) -> _T:
-        """`call()`, retried with full-jitter backoff while the budget allows another try.
+        """`call()`, under the registry clients' one retry loop.
 
-        Raises `_CallFailed` for a non-retryable error response and
+        Raises `errors.ErrorResponse` for a non-retryable error response and
         `errors.RegistryError` when the budget is spent.
         """
-        if budget_end - time.monotonic() <= 0:
-            raise errors.DeadlineExceeded(f"ECR {operation} had no time left to try")
-        attempt = 0
-        while True:
-            attempt += 1
+
+        def attempt() -> _T:
             try:
                 result = call()
             except botocore.exceptions.ClientError as exc:
@@ -345,10 +330,10 @@ class EcrClient:
                 message = str(error.get("Message", exc))
                 if code not in _RETRYABLE_CODES:
                     metrics.REGISTRY_CALLS.labels(operation, "error").inc()
-                    raise _CallFailed(code, message) from exc
+                    raise errors.ErrorResponse(code, message) from exc
                 outcome = "throttled" if code in _THROTTLING_CODES else "error"
                 metrics.REGISTRY_CALLS.labels(operation, outcome).inc()
-                problem = f"{code}: {message}"
+                raise errors.Retryable(f"{code}: {message}") from exc
             except _CREDENTIAL_ERRORS as exc:
                 metrics.REGISTRY_CALLS.labels(operation, "error").inc()
                 raise errors.RegistryError(
@@ -357,22 +342,16 @@ class EcrClient:
                 ) from exc
             except _TRANSPORT_ERRORS as exc:
                 metrics.REGISTRY_CALLS.labels(operation, "error").inc()
-                problem = f"{type(exc).__name__}: {exc}"
+                raise errors.Retryable(f"{type(exc).__name__}: {exc}") from exc
             except botocore.exceptions.BotoCoreError as exc:
                 metrics.REGISTRY_CALLS.labels(operation, "error").inc()
                 raise errors.RegistryError(f"ECR {operation} failed: {exc}") from exc
-            else:
-                metrics.REGISTRY_CALLS.labels(operation, "ok").inc()
-                return result
+            metrics.REGISTRY_CALLS.labels(operation, "ok").inc()
+            return result
 
-            retries.pause_or_give_up(
-                what=f"ECR {operation}",
-                attempt=attempt,
-                problem=problem,
-                budget_end=budget_end,
-                logger=logger,
-                context=context,
-            )
+        return retries.call(
+            attempt, what=f"ECR {operation}", budget_end=budget_end, logger=logger, context=context
+        )
 
 
 def _ecr_registry(repository: outcomes.Repository) -> references.EcrRegistry:
@@ -411,7 +390,7 @@ def _context(
 
 
 def _registry_error(
-    exc: _CallFailed,
+    exc: errors.ErrorResponse,
     operation: str,
     registry: references.EcrRegistry,
     repository: outcomes.Repository,
@@ -484,21 +463,15 @@ def _verified(
     """The image's digest, once its manifest is proven to hash to it."""
     digest = str(image.get("imageId", {}).get("imageDigest", ""))
     manifest = image.get("imageManifest")
-    algorithm, _, expected = digest.partition(":")
     if not isinstance(manifest, str):
         return outcomes.Corrupt(f"ECR returned {repository}@{digest} without its manifest")
-    if algorithm not in _HASHES or not expected:
-        return outcomes.Corrupt(
-            f"ECR returned {repository}@{digest!r}, a digest that cannot be verified"
-        )
-    actual = hashlib.new(algorithm, manifest.encode("utf-8")).hexdigest()
-    if actual != expected.lower():
-        return outcomes.Corrupt(
-            f"ECR returned a manifest for {repository}@{digest} that hashes to"
-            f" {algorithm}:{actual}: integrity check failed"
-        )
     media_type = image.get("imageManifestMediaType") or protocol.declared_media_type(manifest)
-    return outcomes.Found(references.Digest(digest), str(media_type))
+    return manifests.verified(
+        manifest.encode("utf-8"),
+        digest,
+        str(media_type),
+        source=f"the manifest ECR returned for {repository}@{digest}",
+    )
 
 
 def _tag_mutability(

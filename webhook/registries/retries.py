@@ -1,12 +1,20 @@
-"""The one retry policy of the registry clients: full-jitter backoff inside a time budget."""
+"""The one retry loop of the registry clients: full-jitter backoff inside a time budget.
+
+Both clients (ECR and OCI distribution) wrap one attempt of a call in a function that
+raises `Retryable` for a failure worth another try (throttling, a server error, a
+connection error or a timeout) and anything else for a failure that is not; `call`
+runs it until it succeeds, fails for good, or the budget has no room for another try.
+"""
 
 import logging
 import random
 import time
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
 
 from webhook import errors
+
+_T = TypeVar("_T")
 
 BACKOFF_BASE_SECONDS: Final = 0.05
 BACKOFF_CAP_SECONDS: Final = 1.0
@@ -19,7 +27,40 @@ def backoff(attempt: int) -> float:
     return random.uniform(0.0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)))
 
 
-def pause_or_give_up(
+def call(
+    attempt: Callable[[], _T],
+    *,
+    what: str,
+    budget_end: float,
+    logger: logging.Logger,
+    context: Mapping[str, Any],
+) -> _T:
+    """`attempt()`, again after each `Retryable` while the budget allows another try.
+
+    Raises `errors.DeadlineExceeded` when no time is left for a first try, and
+    `errors.RegistryError` when the budget is spent; any other exception of `attempt`
+    goes through as it is.
+    """
+    if budget_end - time.monotonic() <= 0:
+        raise errors.DeadlineExceeded(f"{what} had no time left to try")
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return attempt()
+        except errors.Retryable as exc:
+            _pause_or_give_up(
+                what=what,
+                attempt=attempts,
+                problem=exc.problem,
+                budget_end=budget_end,
+                logger=logger,
+                context=context,
+                retry_after=exc.retry_after or 0.0,
+            )
+
+
+def _pause_or_give_up(
     *,
     what: str,
     attempt: int,

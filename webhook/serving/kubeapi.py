@@ -6,7 +6,7 @@ import os
 
 import kubernetes
 
-from webhook import names
+from webhook import errors, names
 
 logger = logging.getLogger("digestguard.kubeapi")
 
@@ -55,5 +55,7 @@ def _serves_policies() -> bool:
     except kubernetes.client.ApiException as error:
         if error.status == 404:
             return False
-        raise
+        raise errors.KubernetesError(
+            f"cannot list DigestPolicies: HTTP {error.status} {error.reason}", error.status or 0
+        ) from error
     return True

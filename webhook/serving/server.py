@@ -36,7 +36,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp.web
 
-from webhook import metrics, names
+from webhook import errors, metrics, names
 from webhook.serving import reviews
 
 logger = logging.getLogger("digestguard.serving")
@@ -315,7 +315,7 @@ class AdmissionServer:
             return 400, reviews.refusal("", 400, "the body is nested too deeply to be a review")
         try:
             request = reviews.check(raw)
-        except reviews.InvalidReview as error:
+        except errors.InvalidReview as error:
             message = f"malformed AdmissionReview: {_clip(error)}"
             return 400, reviews.refusal(error.uid, 400, message)
         route = (request.group, request.resource, request.subresource)

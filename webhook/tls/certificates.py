@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from webhook import errors
+
 CA_VALIDITY: Final = datetime.timedelta(days=3650)
 SERVING_VALIDITY: Final = datetime.timedelta(days=365)
 RENEW_BEFORE: Final = datetime.timedelta(days=30)
@@ -110,10 +112,6 @@ class CertificateInfo:
     dns_names: tuple[str, ...]
     is_ca: bool
     fingerprint: str
-
-
-class InvalidCertificate(ValueError):
-    """Bytes that are not the PEM certificate (or key) they should be."""
 
 
 # --------------------------------------------------------------------------
@@ -207,7 +205,7 @@ def join_bundle(cert_pems: Iterable[bytes]) -> bytes:
 
 
 def describe(cert_pem: bytes) -> CertificateInfo:
-    """What a certificate says about itself; raises `InvalidCertificate`."""
+    """What a certificate says about itself; raises `errors.InvalidCertificate`."""
     cert = _load_cert(cert_pem)
     return CertificateInfo(
         subject=cert.subject.rfc4514_string(),
@@ -230,7 +228,7 @@ def is_issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
     """Whether `ca_pem`'s key signed `cert_pem` (names and signature; not validity)."""
     try:
         _load_cert(cert_pem).verify_directly_issued_by(_load_cert(ca_pem))
-    except (ValueError, TypeError, exceptions.InvalidSignature, InvalidCertificate):
+    except (ValueError, TypeError, exceptions.InvalidSignature, errors.InvalidCertificate):
         return False
     return True
 
@@ -240,7 +238,7 @@ def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
     try:
         cert_public = _load_cert(cert_pem).public_key()
         key_public = _load_ec_key(key_pem).public_key()
-    except InvalidCertificate:
+    except errors.InvalidCertificate:
         return False
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return cert_public.public_bytes(*spki) == key_public.public_bytes(*spki)
@@ -317,7 +315,7 @@ def _ca_problem(ca: KeyPair, now: datetime.datetime, must_last: datetime.timedel
         return "no CA yet"
     try:
         cert = _load_cert(ca.cert_pem)
-    except InvalidCertificate:
+    except errors.InvalidCertificate:
         return "the CA certificate does not parse"
     if not _is_ca(cert):
         return "the CA certificate is not a CA"
@@ -339,7 +337,7 @@ def _serving_problem(
         return "no serving certificate yet"
     try:
         cert = _load_cert(serving.cert_pem)
-    except InvalidCertificate:
+    except errors.InvalidCertificate:
         return "the serving certificate does not parse"
     if not key_matches(serving.cert_pem, serving.key_pem):
         return "the serving key does not match its certificate"
@@ -373,7 +371,7 @@ def _load_cert(pem: bytes) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError as error:
-        raise InvalidCertificate(f"not a PEM certificate: {error}") from None
+        raise errors.InvalidCertificate(f"not a PEM certificate: {error}") from None
 
 
 def _certs_or_none(pem: bytes) -> list[x509.Certificate]:
@@ -389,9 +387,9 @@ def _load_ec_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as error:
-        raise InvalidCertificate(f"not a PEM private key: {error}") from None
+        raise errors.InvalidCertificate(f"not a PEM private key: {error}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise InvalidCertificate("not an EC private key")
+        raise errors.InvalidCertificate("not an EC private key")
     return key
 
 

@@ -47,6 +47,7 @@ from typing import Any, Final
 
 import kubernetes
 
+from webhook import errors
 from webhook.tls import certificates
 
 logger = logging.getLogger("digestguard.tlssecret")
@@ -76,14 +77,6 @@ class WebhookConfigurations:
 
     mutating: str
     validating: str
-
-
-class ReconcileError(RuntimeError):
-    """The Secret kept changing under us, or the apiserver refused a write."""
-
-
-class _Conflict(Exception):
-    """Someone else wrote first (HTTP 409): read again and decide again."""
 
 
 def _utc_now() -> datetime.datetime:
@@ -184,7 +177,7 @@ class SelfManagedTLS:
                     )
                     secret = self._store(secret, renewal.material)
                 published = self._publish(configurations, renewal.material.bundle_pem)
-            except _Conflict:
+            except errors.Conflict:
                 continue
             if published and not self._secret_unchanged(secret):
                 # Another replica rotated meanwhile; publish the union of both views.
@@ -193,7 +186,7 @@ class SelfManagedTLS:
             if published and self.settle > 0 and on_disk not in (None, serving.cert_pem):
                 time.sleep(self.settle)
             return self._write_files(serving)
-        raise ReconcileError(
+        raise errors.ReconcileError(
             f"Secret {self.namespace}/{self.secret_name} kept changing; gave up after "
             f"{_ATTEMPTS} attempts"
         )
@@ -220,7 +213,7 @@ class SelfManagedTLS:
         except kubernetes.client.ApiException as error:
             if error.status == 404:
                 return None
-            raise
+            raise errors.KubernetesError(_described(error), error.status or 0) from error
         return _json(response)
 
     def _store(
@@ -262,8 +255,8 @@ class SelfManagedTLS:
                     "another replica wrote the TLS Secret first; adopting it",
                     extra={"secret": self.secret_name},
                 )
-                raise _Conflict from None
-            raise
+                raise errors.Conflict(_described(error), 409) from None
+            raise errors.KubernetesError(_described(error), error.status or 0) from error
         return _json(response)
 
     def _secret_unchanged(self, secret: dict[str, Any] | None) -> bool:
@@ -296,7 +289,7 @@ class SelfManagedTLS:
                 self._missing_logged.discard(kind)
             except kubernetes.client.ApiException as error:
                 if error.status != 404:
-                    raise
+                    raise errors.KubernetesError(_described(error), error.status or 0) from error
                 found[kind] = None
                 if kind not in self._missing_logged:
                     self._missing_logged.add(kind)
@@ -340,8 +333,8 @@ class SelfManagedTLS:
                 )
             except kubernetes.client.ApiException as error:
                 if error.status == 409:
-                    raise _Conflict from None
-                raise
+                    raise errors.Conflict(_described(error), 409) from None
+                raise errors.KubernetesError(_described(error), error.status or 0) from error
             logger.info(
                 "caBundle published",
                 extra={"kind": kind, "configuration": metadata["name"], "webhooks": len(webhooks)},
@@ -441,3 +434,8 @@ def _replace(path: Path, content: bytes, *, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def _described(error: kubernetes.client.ApiException) -> str:
+    """One line for an apiserver error: the status and the reason, never the body whole."""
+    return f"Kubernetes API: HTTP {error.status} {error.reason}".rstrip()

@@ -1,0 +1,283 @@
+"""The anonymous Bearer token flow of the distribution API: `WWW-Authenticate` challenges
+and the tokens they lead to.
+
+A registry that wants a token answers 401 with `WWW-Authenticate: Bearer realm=…,
+service=…,scope=…`; the token endpoint (`realm`) hands an anonymous client a token for
+`scope` of `service`. A token is kept until its `expires_in`, keyed by what it was
+issued for — (realm, service, scope) — and each registry's last challenge is
+remembered, so the next request to that registry carries a token at once instead of
+being challenged again.
+"""
+
+import collections
+import dataclasses
+import json
+import re
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from webhook import errors, metrics
+from webhook.core import outcomes
+from webhook.registries.oci import transport
+
+GET_TOKEN: Final = "GetToken"
+"""Operation label of the registry metrics."""
+
+DEFAULT_TOKEN_SECONDS: Final = 60.0
+"""A token without `expires_in` lives this long (the distribution token spec's default)."""
+TOKEN_EXPIRY_MARGIN_SECONDS: Final = 5.0
+"""A cached token is not used this close to its expiry: it could expire on the way."""
+MAX_TOKENS: Final = 10_000
+MAX_TOKEN_RESPONSE_BYTES: Final = 1024 * 1024
+
+# RFC 9110 `token`, `quoted-string` and `token68`, for WWW-Authenticate.
+_TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED: Final = r'"(?:[^"\\]|\\.)*"'
+_AUTH_PARAM: Final = re.compile(rf"({_TOKEN})[ \t]*=[ \t]*({_TOKEN}|{_QUOTED})")
+_AUTH_SCHEME: Final = re.compile(_TOKEN)
+_TOKEN68: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*(?=[ \t]*(?:,|$))")
+_SEPARATORS: Final = " \t,"
+_QUOTED_PAIR: Final = re.compile(r"\\(.)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Challenge:
+    """One challenge of a `WWW-Authenticate` header: its scheme (lowercase) and parameters."""
+
+    scheme: str
+    params: Mapping[str, str]
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+    @property
+    def service(self) -> str | None:
+        return self.params.get("service")
+
+    @property
+    def scope(self) -> str | None:
+        return self.params.get("scope")
+
+
+def parse_challenges(header: str) -> tuple[Challenge, ...]:
+    """The challenges of a `WWW-Authenticate` value (RFC 9110 §11.6.1), in order.
+
+    Parameter names are lowercased; quoted values are unquoted. Parsing stops at the
+    first thing that is neither a scheme, a parameter nor a token68.
+    """
+    challenges: list[Challenge] = []
+    scheme: str | None = None
+    params: dict[str, str] = {}
+    after_scheme = False
+    position = 0
+    while True:
+        while position < len(header) and header[position] in _SEPARATORS:
+            position += 1
+        if position >= len(header):
+            break
+        param = _AUTH_PARAM.match(header, position)
+        if param is not None and scheme is not None:
+            params[param[1].lower()] = _unquoted(param[2])
+            position, after_scheme = param.end(), False
+            continue
+        if after_scheme:
+            token68 = _TOKEN68.match(header, position)
+            if token68 is not None:
+                position, after_scheme = token68.end(), False
+                continue
+        token = _AUTH_SCHEME.match(header, position)
+        if token is None:
+            break
+        if scheme is not None:
+            challenges.append(Challenge(scheme, params))
+        scheme, params = token[0].lower(), {}
+        position, after_scheme = token.end(), True
+    if scheme is not None:
+        challenges.append(Challenge(scheme, params))
+    return tuple(challenges)
+
+
+def _unquoted(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return _QUOTED_PAIR.sub(r"\1", value[1:-1])
+    return value
+
+
+def pull_scope(repository: outcomes.Repository) -> str:
+    """The token scope that lets an anonymous client read `repository`."""
+    return f"repository:{repository.name}:pull"
+
+
+def unauthorized(
+    repository: outcomes.Repository, response: transport.Response, *, after_token: bool
+) -> str:
+    """Why a 401 answer means the repository is closed to an anonymous client."""
+    code, message = response.error()
+    said = f"HTTP 401{f' {code}: {message}' if code else ''}"
+    if after_token:
+        return (
+            f"{repository.registry} refused the anonymous token for {repository.name} ({said}):"
+            " the repository does not exist or needs credentials, which digestguard does"
+            " not send"
+        )
+    challenge = response.headers.get("WWW-Authenticate", "") or "no WWW-Authenticate"
+    return (
+        f"{repository.registry} requires credentials for {repository.name} ({said},"
+        f" {challenge}); digestguard pulls anonymously"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Issuer:
+    """Where a registry's tokens come from: a challenge's realm and service."""
+
+    realm: str
+    service: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Token:
+    value: str
+    expires_at: float
+
+
+class Tokens:
+    """Anonymous tokens, fetched through `transport` and kept until they expire; thread-safe.
+
+    `may_go_to(origin, registry)` says whether `registry` may send us to `origin` (for
+    its token endpoint); `clock` times expiry.
+    """
+
+    def __init__(
+        self,
+        transport_: transport.Transport,
+        *,
+        may_go_to: Callable[[transport.Origin, str], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        self._transport = transport_
+        self._may_go_to = may_go_to
+        self._clock = clock
+        self._tokens: collections.OrderedDict[tuple[_Issuer, str], _Token] = (
+            collections.OrderedDict()
+        )
+        self._issuers: dict[str, _Issuer] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, repository: outcomes.Repository) -> str | None:
+        """A live token for pulling `repository`, from its registry's last challenge."""
+        with self._lock:
+            issuer = self._issuers.get(repository.registry)
+            if issuer is None:
+                return None
+            key = (issuer, pull_scope(repository))
+            cached = self._tokens.get(key)
+            if cached is None:
+                return None
+            if self._clock() >= cached.expires_at - TOKEN_EXPIRY_MARGIN_SECONDS:
+                del self._tokens[key]
+                return None
+            return cached.value
+
+    def fetched(
+        self,
+        repository: outcomes.Repository,
+        challenged: transport.Response,
+        budget_end: float,
+    ) -> str:
+        """A new anonymous token for the Bearer challenge of a 401 answer.
+
+        Raises `errors.Refused` when there is no Bearer challenge or no token is
+        given, and `errors.Retryable` when the token endpoint is throttled, failing
+        or unreachable.
+        """
+        bearer = next(
+            (
+                c
+                for value in challenged.header_values("WWW-Authenticate")
+                for c in parse_challenges(value)
+                if c.scheme == "bearer"
+            ),
+            None,
+        )
+        if bearer is None or not bearer.realm:
+            raise errors.Refused(unauthorized(repository, challenged, after_token=False))
+        scope = bearer.scope or pull_scope(repository)
+        realm = bearer.realm
+        realm_origin = transport.origin_of(realm)
+        if realm_origin is None or not self._may_go_to(realm_origin, repository.registry):
+            raise errors.Refused(
+                f"{repository.registry} sends clients to the token endpoint {realm!r},"
+                " which is not an HTTPS URL (nor one of an insecure registry)"
+            )
+        query = {"scope": scope} | ({"service": bearer.service} if bearer.service else {})
+        url = realm + ("&" if urllib.parse.urlsplit(realm).query else "?")
+        url += urllib.parse.urlencode(query)
+        asked_at = self._clock()
+        try:
+            response = self._transport.get(
+                url,
+                headers={"Accept": "application/json"},
+                budget_end=budget_end,
+                max_bytes=MAX_TOKEN_RESPONSE_BYTES,
+                may_go_to=lambda origin: self._may_go_to(origin, repository.registry),
+                max_redirects=0,
+            )
+        except errors.Retryable as exc:
+            metrics.REGISTRY_CALLS.labels(GET_TOKEN, "error").inc()
+            raise errors.Retryable(f"token endpoint: {exc.problem}") from exc
+        if response.status == 429 or response.status >= 500:
+            outcome = "throttled" if response.status == 429 else "error"
+            metrics.REGISTRY_CALLS.labels(GET_TOKEN, outcome).inc()
+            raise errors.Retryable(
+                f"token endpoint {realm}: HTTP {response.status}",
+                retry_after=response.retry_after(),
+                throttled=response.status == 429,
+            )
+        token, expires_in = _token_of(response)
+        metrics.REGISTRY_CALLS.labels(GET_TOKEN, "ok" if token else "error").inc()
+        if token is None:
+            code, message = response.error()
+            raise errors.Refused(
+                f"the token endpoint {realm} gave no anonymous token for {scope}"
+                f" (HTTP {response.status}{f' {code}: {message}' if code else ''});"
+                " the repository may need credentials, which digestguard does not send"
+            )
+        issuer = _Issuer(realm, bearer.service)
+        key = (issuer, scope)
+        with self._lock:
+            self._issuers.pop(repository.registry, None)
+            self._issuers[repository.registry] = issuer
+            self._tokens[key] = _Token(token, asked_at + expires_in)
+            self._tokens.move_to_end(key)
+            now = self._clock()
+            for stale in [k for k, t in self._tokens.items() if t.expires_at <= now]:
+                del self._tokens[stale]
+            while len(self._tokens) > MAX_TOKENS:
+                self._tokens.popitem(last=False)
+            while len(self._issuers) > MAX_TOKENS:
+                del self._issuers[next(iter(self._issuers))]
+        return token
+
+
+def _token_of(response: transport.Response) -> tuple[str | None, float]:
+    """The token of a token endpoint's answer (`token` or `access_token`) and its lifetime."""
+    if response.status != 200 or response.too_large:
+        return None, 0.0
+    try:
+        document = json.loads(response.body)
+    except ValueError:
+        return None, 0.0
+    if not isinstance(document, dict):
+        return None, 0.0
+    token = document.get("token") or document.get("access_token")
+    expires_in = document.get("expires_in")
+    lifetime = (
+        float(expires_in)
+        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+        else DEFAULT_TOKEN_SECONDS
+    )
+    return (token if isinstance(token, str) and token else None), lifetime
