@@ -154,8 +154,8 @@ async def _run(iterations: int) -> dict[str, Any]:
         iterations, lambda: decisions.decide(plan, results, {})
     )
     verdict = decisions.decide(plan, results, {})
-    steps["  admission._json_patch (the patch written directly)"] = _time(
-        iterations, lambda: admission._json_patch(obj, verdict)
+    steps["  decisions.json_patch (the patch written directly)"] = _time(
+        iterations, lambda: decisions.json_patch(obj, verdict)
     )
 
     profiler = cProfile.Profile()

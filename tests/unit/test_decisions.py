@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import jsonpatch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -118,6 +119,12 @@ def make_plan(
     return decisions.plan(review, rules, namespace_labels or {}, phase)
 
 
+def applied(obj: Mapping[str, Any], verdict: decisions.Verdict) -> dict[str, Any]:
+    """`obj` as the apiserver makes it from the verdict's patch (a copy; `obj` is kept)."""
+    patched: dict[str, Any] = jsonpatch.apply_patch(obj, decisions.json_patch(obj, verdict))
+    return patched
+
+
 def judge(
     obj: Mapping[str, Any],
     rules: list[policies.Policy],
@@ -223,7 +230,7 @@ def test_two_containers_with_one_image_share_one_query() -> None:
 def test_mutate_is_idempotent_when_reinvoked() -> None:
     first = judge(api_pod(), [policy()], {BY_TAG: FOUND})
     mutated = copy.deepcopy(api_pod())
-    decisions.apply_edits(mutated, first)
+    mutated = applied(mutated, first)
     again = judge(mutated, [policy()], {BY_DIGEST: FOUND, BY_TAG: FOUND})
     assert (again.allowed, again.edits, again.annotations, again.warnings) == (True, (), {}, ())
 
@@ -231,9 +238,9 @@ def test_mutate_is_idempotent_when_reinvoked() -> None:
 def test_reinvocation_leaves_the_object_as_the_first_invocation_made_it() -> None:
     first = judge(api_pod(), [policy()], {BY_TAG: FOUND})
     mutated = copy.deepcopy(api_pod())
-    decisions.apply_edits(mutated, first)
+    mutated = applied(mutated, first)
     before = copy.deepcopy(mutated)
-    decisions.apply_edits(mutated, judge(mutated, [policy()], {BY_DIGEST: FOUND, BY_TAG: FOUND}))
+    mutated = applied(mutated, judge(mutated, [policy()], {BY_DIGEST: FOUND, BY_TAG: FOUND}))
     assert mutated == before
 
 
@@ -808,10 +815,10 @@ def test_plan_records_phase_and_kind() -> None:
 # Applying edits
 
 
-def test_apply_edits_replaces_the_image_of_every_list_and_records_originals() -> None:
+def test_the_patch_replaces_the_image_of_every_list_and_records_originals() -> None:
     obj = pod(WEB_IMAGE, init=(IMAGE,), ephemeral=(WEB_IMAGE,))
     verdict = judge(obj, [policy()], {BY_TAG: FOUND, WEB_BY_TAG: WEB_FOUND})
-    decisions.apply_edits(obj, verdict)
+    obj = applied(obj, verdict)
     assert obj["spec"]["initContainers"][0]["image"] == PINNED
     assert obj["spec"]["containers"][0]["image"] == f"{WEB_IMAGE}@{WEB_DIGEST}"
     assert obj["spec"]["ephemeralContainers"][0]["image"] == f"{WEB_IMAGE}@{WEB_DIGEST}"
@@ -822,47 +829,47 @@ def test_apply_edits_replaces_the_image_of_every_list_and_records_originals() ->
     }
 
 
-def test_apply_edits_touches_only_the_edited_container() -> None:
+def test_the_patch_touches_only_the_edited_container() -> None:
     obj = pod("nginx:1.25", IMAGE)
     verdict = judge(obj, [policy()], {BY_TAG: FOUND})
-    decisions.apply_edits(obj, verdict)
+    obj = applied(obj, verdict)
     assert [c["image"] for c in obj["spec"]["containers"]] == ["nginx:1.25", PINNED]
 
 
-def test_apply_edits_keeps_other_annotations() -> None:
+def test_the_patch_keeps_other_annotations() -> None:
     obj = api_pod(annotations={"team": "shop"})
-    decisions.apply_edits(obj, judge(obj, [policy()], {BY_TAG: FOUND}))
+    obj = applied(obj, judge(obj, [policy()], {BY_TAG: FOUND}))
     assert obj["metadata"]["annotations"]["team"] == "shop"
 
 
-def test_apply_edits_creates_annotations_when_there_are_none() -> None:
+def test_the_patch_creates_annotations_when_there_are_none() -> None:
     obj = api_pod()
-    decisions.apply_edits(obj, judge(obj, [policy()], {BY_TAG: FOUND}))
+    obj = applied(obj, judge(obj, [policy()], {BY_TAG: FOUND}))
     assert names.ANNOTATION_ORIGINAL_IMAGES in obj["metadata"]["annotations"]
 
 
-def test_apply_edits_replaces_null_annotations() -> None:
+def test_the_patch_replaces_null_annotations() -> None:
     obj = api_pod()
     obj["metadata"]["annotations"] = None
-    decisions.apply_edits(obj, judge(obj, [policy()], {BY_TAG: FOUND}))
+    obj = applied(obj, judge(obj, [policy()], {BY_TAG: FOUND}))
     assert set(obj["metadata"]["annotations"]) == {names.ANNOTATION_ORIGINAL_IMAGES}
 
 
-def test_apply_edits_follows_a_cronjob_pointer() -> None:
+def test_the_patch_follows_a_cronjob_pointer() -> None:
     obj = cronjob(IMAGE)
     edit = decisions.Edit("/spec/jobTemplate/spec/template/spec/containers/0/image", PINNED)
     verdict = decisions.Verdict(True, (), (), (edit,), {}, ())
-    decisions.apply_edits(obj, verdict)
+    obj = applied(obj, verdict)
     assert (
         obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] == PINNED
     )
     assert "annotations" not in obj["metadata"]
 
 
-def test_apply_edits_of_an_empty_verdict_changes_nothing() -> None:
+def test_the_patch_of_an_empty_verdict_changes_nothing() -> None:
     obj = api_pod()
     before = copy.deepcopy(obj)
-    decisions.apply_edits(obj, judge(obj, [], {}))
+    obj = applied(obj, judge(obj, [], {}))
     assert obj == before
 
 
@@ -942,8 +949,7 @@ def test_every_verdict_is_consistent_and_mutation_is_idempotent(
         assert (verdict.edits, verdict.annotations) == ((), {})
     assert bool(verdict.edits) == bool(verdict.annotations)
 
-    mutated = copy.deepcopy(obj)
-    decisions.apply_edits(mutated, verdict)
+    mutated = applied(obj, verdict)
     for edit in verdict.edits:
         assert references.parse(edit.value).digest is not None
     if verdict.edits:
@@ -958,3 +964,14 @@ def test_every_verdict_is_consistent_and_mutation_is_idempotent(
     }
     second = decisions.decide(again, found, mutabilities)
     assert all(e.pointer not in {edit.pointer for edit in verdict.edits} for e in second.edits)
+    # ...and applying its patch keeps every image and original the first one recorded.
+    twice = applied(mutated, second)
+    for edit in verdict.edits:
+        assert jsonpatch.JsonPointer(edit.pointer).resolve(twice) == edit.value
+    if verdict.edits:
+        assert (
+            original_images(verdict).items()
+            <= json.loads(
+                twice["metadata"]["annotations"][names.ANNOTATION_ORIGINAL_IMAGES]
+            ).items()
+        )

@@ -29,9 +29,9 @@ def test_every_exception_class_of_the_package_is_defined_in_errors() -> None:
     for name in modules():
         module = importlib.import_module(name)
         for _, value in inspect.getmembers(module, inspect.isclass):
-            if issubclass(value, BaseException) and value.__module__.startswith("webhook"):
-                if value.__module__ != "webhook.errors":
-                    strays.append(f"{value.__module__}.{value.__qualname__}")
+            ours = value.__module__.startswith("webhook")
+            if issubclass(value, BaseException) and ours and value.__module__ != "webhook.errors":
+                strays.append(f"{value.__module__}.{value.__qualname__}")
     assert strays == []
 
 

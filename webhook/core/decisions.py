@@ -18,7 +18,7 @@ import dataclasses
 import enum
 import functools
 import json
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from webhook import errors, names
@@ -253,20 +253,38 @@ def decide(
     )
 
 
-def apply_edits(body: MutableMapping[str, Any], verdict: Verdict) -> None:
-    """Apply the verdict's edits and annotations to `body` in place."""
-    for edit in verdict.edits:
-        *parents, last = edit.pointer.lstrip("/").split("/")
-        node: Any = body
-        for key in parents:
-            node = node[int(key)] if isinstance(node, list) else node[key]
-        node[last] = edit.value
+def json_patch(obj: Mapping[str, Any], verdict: Verdict) -> list[dict[str, Any]]:
+    """The RFC 6902 JSON patch that applies the verdict's edits and annotations to `obj`.
+
+    This is the only encoder of a mutation: the admission response carries exactly this.
+    """
+    ops: list[dict[str, Any]] = [
+        {"op": "replace", "path": edit.pointer, "value": edit.value} for edit in verdict.edits
+    ]
     if verdict.annotations:
-        metadata = body.setdefault("metadata", {})
-        annotations = metadata.get("annotations")
-        if not isinstance(annotations, dict):
-            annotations = metadata["annotations"] = {}
-        annotations.update(verdict.annotations)
+        added = dict(verdict.annotations)
+        metadata = obj.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+        if not isinstance(metadata, Mapping):
+            ops.append({"op": "add", "path": "/metadata", "value": {"annotations": added}})
+        elif not isinstance(annotations, Mapping):
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": added})
+        else:
+            # `add` of a member that exists replaces it (RFC 6902, 4.1).
+            ops.extend(
+                {
+                    "op": "add",
+                    "path": f"/metadata/annotations/{_pointer_token(key)}",
+                    "value": value,
+                }
+                for key, value in added.items()
+            )
+    return ops
+
+
+def _pointer_token(key: str) -> str:
+    """A JSON pointer reference token (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _max_stale(applicable: tuple[policies.Policy, ...]) -> float:

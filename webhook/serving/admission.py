@@ -198,10 +198,11 @@ class Admission:
             raise kopf.AdmissionError(verdict.message, code=403)
         if verdict.edits:
             ops = _PATCH.get()
-            if ops is None:  # not served through `_DirectPatch`: let kopf diff
-                patch.fns.append(functools.partial(decisions.apply_edits, verdict=verdict))
-            else:
-                ops.extend(_json_patch(body, verdict))
+            if ops is None:  # not served through `_DirectPatch`: never pass a pod unpinned
+                raise kopf.AdmissionError(
+                    "digestguard cannot attach its patch to this response", code=500
+                )
+            ops.extend(decisions.json_patch(body, verdict))
 
     async def decide(
         self,
@@ -240,30 +241,6 @@ class Admission:
         # A namespace created a moment before its first pod may not be indexed yet.
         labels = await self.read_namespace_labels(namespace)
         return labels if labels is not None else {}
-
-
-def _json_patch(obj: Mapping[str, Any], verdict: decisions.Verdict) -> JsonPatch:
-    """The JSON patch that does what `decisions.apply_edits` does to `obj`."""
-    ops: JsonPatch = [{"op": "replace", "path": e.pointer, "value": e.value} for e in verdict.edits]
-    if verdict.annotations:
-        added = dict(verdict.annotations)
-        metadata = obj.get("metadata")
-        annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
-        if not isinstance(metadata, Mapping):
-            ops.append({"op": "add", "path": "/metadata", "value": {"annotations": added}})
-        elif not isinstance(annotations, Mapping):
-            ops.append({"op": "add", "path": "/metadata/annotations", "value": added})
-        else:
-            ops.extend(
-                {"op": "add", "path": f"/metadata/annotations/{_escape(key)}", "value": value}
-                for key, value in verdict.annotations.items()
-            )
-    return ops
-
-
-def _escape(key: str) -> str:
-    """A JSON pointer reference token (RFC 6901)."""
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _policies(index: Mapping[Any, Any]) -> list[policies.Policy]:
