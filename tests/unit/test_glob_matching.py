@@ -13,12 +13,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from webhook import errors
-from webhook.core import policies
+from webhook.core import policies, references
 
 ECR = "111122223333.dkr.ecr.us-east-1.amazonaws.com"
 
 
-def reference(pattern: str, name: str) -> bool:
+def reference(written: str, name: str) -> bool:
+    # The host of a glob is first spelled as references spell it (see the test below).
+    pattern = policies.compile_glob(written).pattern
     parts: list[str] = []
     position = 0
     while position < len(pattern):
@@ -136,3 +138,28 @@ def test_an_overlong_glob_is_refused_and_not_echoed_whole() -> None:
         policies.compile_glob("a" * 5000)
     assert "5000 characters long (at most 1024)" in str(raised.value)
     assert len(str(raised.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        ("registry.example.com:443/**", "registry.example.com/**"),
+        ("registry.example.com.:443/team/*", "registry.example.com/team/*"),
+        ("registry.example.com.:0443/app", "registry.example.com/app"),
+        ("*.dkr.ecr.*.amazonaws.com:443/**", "*.dkr.ecr.*.amazonaws.com/**"),
+        ("*.dkr.ecr.*.amazonaws.com./**", "*.dkr.ecr.*.amazonaws.com/**"),
+        ("[::1]:443/app", "[::1]/app"),
+        ("localhost:5000/app", "localhost:5000/app"),
+        ("registry.example.com:*/app", "registry.example.com:*/app"),
+        ("library/nginx", "library/nginx"),
+    ],
+)
+def test_a_glob_host_is_spelled_as_references_spell_it(written: str, canonical: str) -> None:
+    assert policies.compile_glob(written).pattern == canonical
+
+
+def test_a_glob_written_with_the_default_port_covers_every_spelling_of_the_host() -> None:
+    policy = policies.parse("pin", 1, {"images": [f"{ECR}:443/**"]})
+    for spelling in (f"{ECR}", f"{ECR}:443", f"{ECR}.", f"{ECR.upper()}.:443"):
+        image = f"{spelling}/repo:v1"
+        assert policy.covers(references.parse(image).name), image

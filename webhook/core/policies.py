@@ -196,7 +196,23 @@ def compile_glob(pattern: str) -> Glob:
             "images",
             f"pattern {pattern!r} must match registry/repository only (no tag, digest or spaces)",
         )
-    return Glob(pattern)
+    return Glob(_canonical_host_part(pattern) if slash else pattern)
+
+
+def _canonical_host_part(pattern: str) -> str:
+    """`pattern` with its registry host spelled as image references are parsed: no
+    `:443` (the default port) and no trailing dot, so `host.:443/**` covers what
+    `host/**` covers and a glob cannot be written to miss a spelling it names."""
+    host, _, rest = pattern.partition("/")
+    name, port = host, ""
+    if not host.endswith("]") and ":" in host:
+        name, _, port = host.rpartition(":")
+        if not port.isdigit():
+            return pattern
+        if int(port) == 443:
+            port = ""
+    name = name.removesuffix(".") or name
+    return f"{name}:{port}/{rest}" if port else f"{name}/{rest}"
 
 
 def parse(name: str, generation: int, spec: Any) -> Policy:
