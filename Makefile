@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 IMAGE_ARGS ?=
 
-.PHONY: venv relink assets test lint demo image clean-venv
+.PHONY: venv relink assets test lint chart-docs demo image clean-venv
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,15 @@ lint: relink
 	$(BIN)/ruff format --check webhook tests hack bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@helm_docs="$$(hack/helm-docs.sh | tail -n1)" && \
+	  "$$helm_docs" --log-level warning --chart-search-root charts --sort-values-order file --dry-run \
+	    | diff -u charts/digestguard/README.md - \
+	  || { echo "charts/digestguard/README.md is out of date: run make chart-docs" >&2; exit 1; }
+
+# The chart README's values table, from the `# --` comments of values.yaml.
+chart-docs:
+	@helm_docs="$$(hack/helm-docs.sh | tail -n1)" && \
+	  "$$helm_docs" --log-level warning --chart-search-root charts --sort-values-order file
 
 ## The webhook's container image as an OCI image layout, without a container engine
 ## (needs mmdebstrap; the last line printed is <layout>@<digest>).
