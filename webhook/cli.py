@@ -6,22 +6,17 @@ Every `serve` flag has an environment variable: `--cache-ttl` is `DIGESTGUARD_CA
 import argparse
 import asyncio
 import collections
-import contextlib
 import dataclasses
-import gc
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from webhook import __version__, errors, logs
+from webhook import __version__, app, errors, logs
 from webhook.core import durations, outcomes, references
 from webhook.registries import ecr, oci, protocol, resolver, routing
-from webhook.serving import admission, kubeapi, server
-from webhook.tls import secret
 
 logger = logging.getLogger("digestguard.cli")
 
@@ -79,6 +74,13 @@ SERVE_FLAGS: Final = (
     ),
     Flag("registry-ca-file", "", "PEM CA bundle trusted for OCI registries besides the system's"),
     Flag("max-body-bytes", str(16 * 1024 * 1024), "largest AdmissionReview accepted"),
+    Flag(
+        "max-inflight",
+        "200",
+        "admissions answered at once; more are refused at once with HTTP 429 (the"
+        " apiserver then applies the webhook's failurePolicy)",
+    ),
+    Flag("max-connections", "1000", "open client connections; more are closed at once"),
     Flag("shutdown-delay", "3s", "how long to stay up, not ready, after SIGTERM before draining"),
     Flag("log-level", "info", "debug, info, warning or error"),
 )
@@ -134,28 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclasses.dataclass(frozen=True)
-class ServeConfig:
-    address: str
-    port: int
-    health_port: int
-    namespace: str
-    tls_mode: str
-    tls_cert_file: str
-    tls_key_file: str
-    resolve_deadline: float
-    cache_ttl: float
-    negative_cache_ttl: float
-    mutability_cache_ttl: float
-    cache_max_entries: int
-    registry_workers: int
-    max_body_bytes: int
-    shutdown_delay: float
-    insecure_registries: tuple[str, ...] = ()
-    registry_ca_file: str = ""
-
-
-def serve_config(options: argparse.Namespace) -> ServeConfig:
+def serve_config(options: argparse.Namespace) -> app.Config:
     """Check the serve flags together, or raise `ConfigurationError` naming the flag."""
     namespace = options.namespace or os.environ.get("POD_NAMESPACE", "")
     if not namespace:
@@ -164,179 +145,65 @@ def serve_config(options: argparse.Namespace) -> ServeConfig:
         raise errors.ConfigurationError("--tls-mode must be 'self-managed' or 'files'")
     if options.tls_mode == "files" and not (options.tls_cert_file and options.tls_key_file):
         raise errors.ConfigurationError("--tls-mode files needs --tls-cert-file and --tls-key-file")
+    if options.log_level.lower() not in logs.LEVELS:
+        raise errors.ConfigurationError(
+            f"--log-level: {options.log_level!r} is not one of {', '.join(logs.LEVELS)}"
+        )
     cert, key = options.tls_cert_file, options.tls_key_file
     if options.tls_mode == "self-managed":
         cert = os.path.join(options.tls_dir, SELF_MANAGED_CERT_FILE)
         key = os.path.join(options.tls_dir, SELF_MANAGED_KEY_FILE)
-    config = ServeConfig(
+    config = app.Config(
         address=options.address,
-        port=_integer(options.port, "port"),
-        health_port=_integer(options.health_port, "health-port"),
+        port=_port(options.port, "port"),
+        health_port=_port(options.health_port, "health-port"),
         namespace=namespace,
         tls_mode=options.tls_mode,
         tls_cert_file=cert,
         tls_key_file=key,
+        tls_secret_name=options.tls_secret_name,
+        service_name=options.service_name,
+        mutating_webhook_configuration=options.mutating_webhook_configuration,
+        validating_webhook_configuration=options.validating_webhook_configuration,
+        tls_dir=options.tls_dir,
         resolve_deadline=_seconds(options.resolve_deadline, "resolve-deadline"),
         cache_ttl=_seconds(options.cache_ttl, "cache-ttl"),
         negative_cache_ttl=_seconds(options.negative_cache_ttl, "negative-cache-ttl"),
         mutability_cache_ttl=_seconds(options.mutability_cache_ttl, "mutability-cache-ttl"),
-        cache_max_entries=_integer(options.cache_max_entries, "cache-max-entries"),
-        registry_workers=_integer(options.registry_workers, "registry-workers"),
-        max_body_bytes=_integer(options.max_body_bytes, "max-body-bytes"),
-        shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
-        insecure_registries=_hosts(options.insecure_registries),
+        cache_max_entries=_integer(options.cache_max_entries, "cache-max-entries", least=0),
+        registry_workers=_integer(options.registry_workers, "registry-workers", least=1),
+        ecr_endpoint_url=options.ecr_endpoint_url,
+        insecure_registries=references.plain_http_hosts(_hosts(options.insecure_registries)),
         registry_ca_file=options.registry_ca_file,
+        max_body_bytes=_integer(options.max_body_bytes, "max-body-bytes", least=1024),
+        max_inflight=_integer(options.max_inflight, "max-inflight", least=1),
+        max_connections=_integer(options.max_connections, "max-connections", least=1),
+        shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
     )
     if config.resolve_deadline <= 0:
         raise errors.ConfigurationError("--resolve-deadline must be above zero")
-    if config.registry_workers < 1:
-        raise errors.ConfigurationError("--registry-workers must be >= 1")
-    if config.cache_max_entries < 0:
-        raise errors.ConfigurationError("--cache-max-entries must be >= 0")
     return config
 
 
 def _serve(options: argparse.Namespace) -> int:
-    logs.configure(options.log_level)
     config = serve_config(options)
-    asyncio.run(_serve_async(options, config))
+    logs.configure(options.log_level)
+    asyncio.run(app.run(config))
     return 0
-
-
-async def _serve_async(options: argparse.Namespace, config: ServeConfig) -> None:
-    # First: a bad --insecure-registries or --registry-ca-file stops the start at once.
-    oci_client = oci.OciClient(
-        insecure_registries=config.insecure_registries,
-        ca_file=config.registry_ca_file or None,
-        max_idle_connections=max(32, config.registry_workers),
-    )
-    kubeapi.load_configuration()
-    if not await kubeapi.policy_crd_installed():
-        raise errors.ConfigurationError(
-            "the DigestPolicy CRD (digestpolicies.digestguard.io) is not installed; "
-            "install the chart's CRD first"
-        )
-    the_resolver = resolver.Resolver(
-        routing.RoutingClient(
-            ecr.EcrClient(
-                endpoint_url=options.ecr_endpoint_url or None,
-                max_pool_connections=max(32, config.registry_workers),
-            ),
-            oci_client,
-        ),
-        ttl=config.cache_ttl,
-        negative_ttl=config.negative_cache_ttl,
-        mutability_ttl=config.mutability_cache_ttl,
-        max_entries=config.cache_max_entries,
-        workers=config.registry_workers,
-    )
-    the_admission = admission.Admission(
-        resolver=the_resolver,
-        own_namespace=config.namespace,
-        resolve_deadline=config.resolve_deadline,
-        read_namespace_labels=kubeapi.namespace_labels,
-    )
-    admission_server = server.AdmissionServer(
-        address=config.address,
-        port=config.port,
-        certfile=config.tls_cert_file,
-        keyfile=config.tls_key_file,
-        # Answer before the apiserver gives up: the deadline plus a little for the rest.
-        answer_within=config.resolve_deadline + 1.0,
-        max_body_bytes=config.max_body_bytes,
-    )
-    tls: secret.SelfManagedTLS | None = None
-    if config.tls_mode == "self-managed":
-        tls = secret.SelfManagedTLS(
-            namespace=config.namespace,
-            secret_name=options.tls_secret_name,
-            service_name=options.service_name,
-            webhook_configurations=secret.WebhookConfigurations(
-                mutating=options.mutating_webhook_configuration,
-                validating=options.validating_webhook_configuration,
-            ),
-            tls_dir=options.tls_dir,
-            on_change=admission_server.reload_if_changed,
-        )
-    stop = asyncio.Event()
-    draining = asyncio.Event()
-
-    def readiness() -> list[str]:
-        waiting = []
-        if draining.is_set():
-            waiting.append("shutting down")
-        if not the_admission.indexes_loaded.is_set():
-            waiting.append("DigestPolicies and namespaces are not indexed yet")
-        if not admission_server.listening.is_set():
-            waiting.append("the TLS certificate is not loaded yet")
-        return waiting
-
-    health = server.HealthServer(
-        address=config.address, port=config.health_port, readiness=readiness
-    )
-    if config.health_port:
-        await health.start()
-
-    async def shut_down() -> None:
-        # Stop being ready first so endpoints drop this replica, then drain and stop.
-        draining.set()
-        logger.info("SIGTERM: not ready; draining", extra={"delay": config.shutdown_delay})
-        await asyncio.sleep(config.shutdown_delay)
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    shutdowns: set[asyncio.Task[None]] = set()
-
-    def take_signals() -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: shutdowns.add(loop.create_task(shut_down())))
-
-    async def take_signals_back(started: asyncio.Event) -> None:
-        # kopf replaces the handlers with its own immediate stop as it starts; ours must
-        # win, or SIGTERM stops answering at once instead of after the shutdown delay.
-        await started.wait()
-        take_signals()
-
-    async def freeze_start_up_objects() -> None:
-        # What start-up made (kopf, the kubernetes client, botocore's models) lives as long
-        # as the process: keep it out of the full garbage collections that load triggers.
-        await the_admission.indexes_loaded.wait()
-        await admission_server.listening.wait()
-        gc.collect()
-        gc.freeze()
-
-    take_signals()
-    started = asyncio.Event()
-    signals_task = loop.create_task(take_signals_back(started))
-    freeze_task = loop.create_task(freeze_start_up_objects())
-    tls_task = loop.create_task(tls.run(stop)) if tls is not None else None
-    try:
-        await the_admission.run(admission_server, stop_flag=stop, ready_flag=started)
-    finally:
-        signals_task.cancel()
-        freeze_task.cancel()
-        stop.set()
-        if tls_task is not None:
-            tls_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tls_task
-        await health.stop()
-        await the_resolver.aclose()
-        oci_client.close()
-        logger.info("stopped")
 
 
 def _resolve(options: argparse.Namespace) -> int:
     timeout = _seconds(options.timeout, "timeout")
+    plain_http = references.plain_http_hosts(_hosts(options.insecure_registries))
     parsed: list[references.ImageReference] = []
     for image in options.images:
         try:
-            reference = references.parse(image)
+            reference = references.parse(image, plain_http=plain_http)
         except errors.InvalidReference as error:
             raise errors.ConfigurationError(str(error)) from None
         parsed.append(reference)
     oci_client = oci.OciClient(
-        insecure_registries=_hosts(options.insecure_registries),
+        insecure_registries=plain_http,
         ca_file=options.registry_ca_file or None,
     )
     client = routing.RoutingClient(
@@ -379,7 +246,9 @@ def _seconds(text: str, flag: str) -> float:
     try:
         return durations.parse_seconds(text)
     except errors.InvalidDuration as error:
-        raise errors.ConfigurationError(f"--{flag}: {error}") from None
+        message = str(error)
+        message = message if len(message) <= 120 else f"{message[:117]}..."
+        raise errors.ConfigurationError(f"--{flag}: {message}") from None
 
 
 def _hosts(text: str) -> tuple[str, ...]:
@@ -387,11 +256,27 @@ def _hosts(text: str) -> tuple[str, ...]:
     return tuple(entry.strip() for entry in text.split(",") if entry.strip())
 
 
-def _integer(text: Any, flag: str) -> int:
+def _integer(text: Any, flag: str, *, least: int | None = None) -> int:
     try:
-        return int(text)
+        value = int(text)
     except (TypeError, ValueError):
-        raise errors.ConfigurationError(f"--{flag}: {text!r} is not a whole number") from None
+        raise errors.ConfigurationError(f"--{flag}: {_shown(text)} is not a whole number") from None
+    if least is not None and value < least:
+        raise errors.ConfigurationError(f"--{flag} must be >= {least}, not {value}")
+    return value
+
+
+def _port(text: Any, flag: str) -> int:
+    value = _integer(text, flag, least=0)
+    if value > 65535:
+        raise errors.ConfigurationError(f"--{flag}: {value} is not a TCP port (0-65535)")
+    return value
+
+
+def _shown(text: Any) -> str:
+    """A flag's value in an error message: quoted, and cut short if it is long."""
+    shown = repr(text)
+    return shown if len(shown) <= 80 else f"{shown[:77]}..."
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ class _DenialsLoggedElsewhere(logging.Filter):
         return "failed permanently" not in record.getMessage()
 
 
+LEVELS: Final = ("debug", "info", "warning", "error")
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

@@ -413,7 +413,31 @@ def test_default_args_match_the_serve_contract(defaults: Rendered) -> None:
         "mutability-cache-ttl": "10m",
         "cache-max-entries": "100000",
         "registry-workers": "16",
+        "max-inflight": "200",
+        "max-connections": "1000",
+        "max-body-bytes": "16777216",
+        "shutdown-delay": "3s",
         "log-level": "info",
+    }
+
+
+def test_the_chart_defaults_of_the_limits_are_the_flag_defaults(defaults: Rendered) -> None:
+    # One default for each: `helm install` and `digestguard serve` without flags agree.
+    chosen = {
+        "max-inflight",
+        "max-connections",
+        "max-body-bytes",
+        "shutdown-delay",
+        "resolve-deadline",
+        "cache-ttl",
+        "negative-cache-ttl",
+        "mutability-cache-ttl",
+        "cache-max-entries",
+        "registry-workers",
+        "log-level",
+    }
+    assert {f.name: f.default for f in cli.SERVE_FLAGS if f.name in chosen} == {
+        name: defaults.flags[name] for name in chosen
     }
 
 
@@ -991,6 +1015,19 @@ def _leaf_paths(values: Any, path: str = "") -> Iterator[str]:
 
 def test_readme_lists_every_value() -> None:
     readme = (CHART / "README.md").read_text()
-    listed = set(re.findall(r"^\| `([\w.]+)` \|", readme, re.MULTILINE))
+    # The table `make chart-docs` renders: | key | type | `default` | description |
+    listed = set(re.findall(r"^\| ([\w.]+) \| \w+ \| `", readme, re.MULTILINE))
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert set(_leaf_paths(values)) == listed
+    leaves = set(_leaf_paths(values))
+    # A value documented as a whole (`defaultPolicy.spec`) covers the values inside it.
+    uncovered = {
+        leaf
+        for leaf in leaves
+        if not any(leaf == key or leaf.startswith(f"{key}.") for key in listed)
+    }
+    assert uncovered == set()
+    assert {
+        key
+        for key in listed
+        if not any(leaf == key or leaf.startswith(f"{key}.") for leaf in leaves)
+    } == set()

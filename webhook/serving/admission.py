@@ -22,7 +22,7 @@ import kopf
 from kopf._core.reactor import inventory
 
 from webhook import errors, metrics, names
-from webhook.core import decisions, policies
+from webhook.core import decisions, policies, references
 from webhook.registries import resolver
 from webhook.serving import server
 
@@ -90,6 +90,8 @@ class Admission:
     own_namespace: str
     resolve_deadline: float
     read_namespace_labels: NamespaceReader
+    plain_http: references.PlainHttpHosts = references.NO_PLAIN_HTTP
+    """Registries reached over plain HTTP: their `:80` is the default port of a reference."""
     clock: Callable[[], float] = time.monotonic
     indexes_loaded: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -223,7 +225,7 @@ class Admission:
             return None
         labels = await self._namespace_labels(namespace, namespace_index)
         review = decisions.Review(operation=operation, namespace=namespace, obj=obj, old=old)
-        the_plan = decisions.plan(review, active, labels, phase)
+        the_plan = decisions.plan(review, active, labels, phase, plain_http=self.plain_http)
         if not the_plan.subjects:
             return None
         deadline = self.clock() + self.resolve_deadline

@@ -239,6 +239,10 @@ matchExpressions:
 - --mutability-cache-ttl={{ .Values.resolver.mutabilityCacheTTL }}
 - --cache-max-entries={{ int64 .Values.resolver.cacheMaxEntries }}
 - --registry-workers={{ int64 .Values.resolver.registryWorkers }}
+- --max-inflight={{ int64 .Values.server.maxInflight }}
+- --max-connections={{ int64 .Values.server.maxConnections }}
+- --max-body-bytes={{ int64 .Values.server.maxBodyBytes }}
+- --shutdown-delay={{ .Values.server.shutdownDelay }}
 {{- with .Values.registries.insecure }}
 - --insecure-registries={{ join "," . }}
 {{- end }}

@@ -1,0 +1,178 @@
+"""The webhook process, built from one `Config`: the registry clients and their resolver,
+the admission handlers, the HTTPS and health servers, self-managed TLS, and the signals
+that drain it. `webhook.cli` turns flags into a `Config`; nothing here reads a flag.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import logging
+import signal
+
+from webhook import errors
+from webhook.core import references
+from webhook.registries import ecr, oci, resolver, routing
+from webhook.serving import admission, kubeapi, server
+from webhook.tls import secret
+
+logger = logging.getLogger("digestguard.app")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of `digestguard serve`, checked (see `webhook.cli.serve_config`)."""
+
+    namespace: str
+    tls_mode: str
+    tls_cert_file: str
+    tls_key_file: str
+    address: str = "0.0.0.0"
+    port: int = 8443
+    health_port: int = 8080
+    tls_secret_name: str = "digestguard-tls"
+    service_name: str = "digestguard"
+    mutating_webhook_configuration: str = "digestguard"
+    validating_webhook_configuration: str = "digestguard"
+    tls_dir: str = "/tmp/tls"
+    resolve_deadline: float = 5.0
+    cache_ttl: float = 60.0
+    negative_cache_ttl: float = 5.0
+    mutability_cache_ttl: float = 600.0
+    cache_max_entries: int = 100_000
+    registry_workers: int = 16
+    ecr_endpoint_url: str = ""
+    insecure_registries: references.PlainHttpHosts = references.NO_PLAIN_HTTP
+    """Registries reached over plain HTTP, canonical (`references.plain_http_hosts`)."""
+    registry_ca_file: str = ""
+    max_body_bytes: int = server.DEFAULT_MAX_BODY_BYTES
+    max_inflight: int = server.DEFAULT_MAX_INFLIGHT
+    max_connections: int = server.DEFAULT_MAX_CONNECTIONS
+    shutdown_delay: float = 3.0
+
+
+async def run(config: Config) -> None:
+    """Build the webhook from `config` and serve until SIGTERM (after the shutdown delay)."""
+    # First: a bad --insecure-registries or --registry-ca-file stops the start at once.
+    oci_client = oci.OciClient(
+        insecure_registries=config.insecure_registries,
+        ca_file=config.registry_ca_file or None,
+        max_idle_connections=max(32, config.registry_workers),
+    )
+    kubeapi.load_configuration()
+    if not await kubeapi.policy_crd_installed():
+        raise errors.ConfigurationError(
+            "the DigestPolicy CRD (digestpolicies.digestguard.io) is not installed; "
+            "install the chart's CRD first"
+        )
+    the_resolver = resolver.Resolver(
+        routing.RoutingClient(
+            ecr.EcrClient(
+                endpoint_url=config.ecr_endpoint_url or None,
+                max_pool_connections=max(32, config.registry_workers),
+            ),
+            oci_client,
+        ),
+        ttl=config.cache_ttl,
+        negative_ttl=config.negative_cache_ttl,
+        mutability_ttl=config.mutability_cache_ttl,
+        max_entries=config.cache_max_entries,
+        workers=config.registry_workers,
+    )
+    the_admission = admission.Admission(
+        resolver=the_resolver,
+        own_namespace=config.namespace,
+        resolve_deadline=config.resolve_deadline,
+        read_namespace_labels=kubeapi.namespace_labels,
+        plain_http=config.insecure_registries,
+    )
+    admission_server = server.AdmissionServer(
+        address=config.address,
+        port=config.port,
+        certfile=config.tls_cert_file,
+        keyfile=config.tls_key_file,
+        # Answer before the apiserver gives up: the deadline plus a little for the rest.
+        answer_within=config.resolve_deadline + 1.0,
+        max_body_bytes=config.max_body_bytes,
+        max_inflight=config.max_inflight,
+        max_connections=config.max_connections,
+    )
+    tls: secret.SelfManagedTLS | None = None
+    if config.tls_mode == "self-managed":
+        tls = secret.SelfManagedTLS(
+            namespace=config.namespace,
+            secret_name=config.tls_secret_name,
+            service_name=config.service_name,
+            webhook_configurations=secret.WebhookConfigurations(
+                mutating=config.mutating_webhook_configuration,
+                validating=config.validating_webhook_configuration,
+            ),
+            tls_dir=config.tls_dir,
+            on_change=admission_server.reload_if_changed,
+        )
+    stop = asyncio.Event()
+    draining = asyncio.Event()
+
+    def readiness() -> list[str]:
+        waiting = []
+        if draining.is_set():
+            waiting.append("shutting down")
+        if not the_admission.indexes_loaded.is_set():
+            waiting.append("DigestPolicies and namespaces are not indexed yet")
+        if not admission_server.listening.is_set():
+            waiting.append("the TLS certificate is not loaded yet")
+        return waiting
+
+    health = server.HealthServer(
+        address=config.address, port=config.health_port, readiness=readiness
+    )
+    if config.health_port:
+        await health.start()
+
+    async def shut_down() -> None:
+        # Stop being ready first so endpoints drop this replica, then drain and stop.
+        draining.set()
+        logger.info("SIGTERM: not ready; draining", extra={"delay": config.shutdown_delay})
+        await asyncio.sleep(config.shutdown_delay)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    shutdowns: set[asyncio.Task[None]] = set()
+
+    def take_signals() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: shutdowns.add(loop.create_task(shut_down())))
+
+    async def take_signals_back(started: asyncio.Event) -> None:
+        # kopf replaces the handlers with its own immediate stop as it starts; ours must
+        # win, or SIGTERM stops answering at once instead of after the shutdown delay.
+        await started.wait()
+        take_signals()
+
+    async def freeze_start_up_objects() -> None:
+        # What start-up made (kopf, the kubernetes client, botocore's models) lives as long
+        # as the process: keep it out of the full garbage collections that load triggers.
+        await the_admission.indexes_loaded.wait()
+        await admission_server.listening.wait()
+        gc.collect()
+        gc.freeze()
+
+    take_signals()
+    started = asyncio.Event()
+    signals_task = loop.create_task(take_signals_back(started))
+    freeze_task = loop.create_task(freeze_start_up_objects())
+    tls_task = loop.create_task(tls.run(stop)) if tls is not None else None
+    try:
+        await the_admission.run(admission_server, stop_flag=stop, ready_flag=started)
+    finally:
+        signals_task.cancel()
+        freeze_task.cancel()
+        stop.set()
+        if tls_task is not None:
+            tls_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tls_task
+        await health.stop()
+        await the_resolver.aclose()
+        oci_client.close()
+        logger.info("stopped")
