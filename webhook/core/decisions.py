@@ -5,7 +5,9 @@ It works in two pure steps around the resolver's I/O:
     plan(review, policies, namespace_labels, phase)  ->  Plan   (what to ask the registry)
     decide(plan, results, mutabilities)             ->  Verdict (allow / deny / edits / warnings)
 
-Who does what (DESIGN.md, "Policies"):
+and `json_patch(obj, verdict)` writes a Verdict's edits as the response's JSON patch.
+
+Who does what (README, "Policies"; docs/architecture.md):
 
 - the mutating phase works for Mutate policies only: it rewrites tag-only references
   of pods and denies images that are missing (it cannot pin them);
