@@ -168,10 +168,12 @@ def new_tag() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
-def post(process: WebhookProcess, body: Mapping[str, Any], timeout: float = 60.0) -> Any:
+def post(
+    process: WebhookProcess, body: Mapping[str, Any], timeout: float = 60.0, query: str = ""
+) -> Any:
     """POST a review to the mutating path; the AdmissionReview answered (HTTP 200 only)."""
     request = urllib.request.Request(
-        process.url(names.MUTATE_PODS),
+        process.url(names.MUTATE_PODS) + query,
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
@@ -420,6 +422,29 @@ def test_constant_throttling_ends_in_the_policys_decision_not_a_timeout(
     said = response["status"]["message"] if not allowed else " ".join(response["warnings"])
     assert names.REASON_REGISTRY_UNAVAILABLE in said
     assert ecr_calls(stub) >= 2, "retried while the deadline allowed"
+
+
+@pytest.mark.parametrize(
+    ("namespace", "allowed"),
+    [
+        pytest.param(STRICT, False, id="onResolveError Deny"),
+        pytest.param(LENIENT, True, id="Allow"),
+    ],
+)
+def test_a_shorter_apiserver_timeout_than_the_deadline_still_ends_in_the_policys_decision(
+    env: Env, stub: ecr_stub.EcrStub, namespace: str, allowed: bool
+) -> None:
+    # The apiserver sends `?timeout=` (the webhook's timeoutSeconds); with a registry
+    # that never answers, the lookups end in time for the policy to decide.
+    stub.configure(always=ecr_stub.HANG)
+    with env.webhook("--resolve-deadline", "20s") as process:
+        answer = post(process, review(pod(namespace, image(new_tag()))), query="?timeout=3s")
+
+    response = answer["response"]
+    assert not_a_timeout(answer), response
+    assert response["allowed"] is allowed
+    said = response["status"]["message"] if not allowed else " ".join(response["warnings"])
+    assert names.REASON_REGISTRY_UNAVAILABLE in said
 
 
 # --------------------------------------------------------------------------

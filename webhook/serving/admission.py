@@ -16,7 +16,7 @@ import logging
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import kopf
 from kopf._core.reactor import inventory
@@ -34,6 +34,9 @@ NAMESPACE_INDEX = "namespace_index"
 NamespaceReader = Callable[[str], Awaitable[dict[str, str] | None]]
 
 JsonPatch = list[dict[str, Any]]
+
+DECIDE_MARGIN: Final = 0.2
+"""Seconds kept, after the registry lookups, to decide and send the answer."""
 
 _PATCH: contextvars.ContextVar[JsonPatch | None] = contextvars.ContextVar(
     "digestguard_patch", default=None
@@ -229,6 +232,11 @@ class Admission:
         if not the_plan.subjects:
             return None
         deadline = self.clock() + self.resolve_deadline
+        answer_by = server.REQUEST_DEADLINE.get()
+        if answer_by is not None:
+            # The apiserver may allow less than --resolve-deadline (`?timeout=`): decide
+            # with what the registry said by then, rather than be cut off undecided.
+            deadline = min(deadline, answer_by - DECIDE_MARGIN)
         results, mutabilities = await asyncio.gather(
             self.resolver.resolve(the_plan.queries, deadline=deadline),
             self.resolver.mutability(the_plan.repositories_for_mutability, deadline=deadline),
