@@ -132,7 +132,15 @@ async def run(config: Config) -> None:
     async def shut_down() -> None:
         # Stop being ready first so endpoints drop this replica, then drain and stop.
         draining.set()
-        logger.info("SIGTERM: not ready; draining", extra={"delay": config.shutdown_delay})
+        # Every kept-alive connection closes after its next answer from now on, and the
+        # idle ones now: clients reconnect, through endpoints that soon lack this
+        # replica, long before the last connections close at the end of the drain.
+        admission_server.begin_draining()
+        closed = admission_server.close_idle_connections()
+        logger.info(
+            "SIGTERM: not ready; draining",
+            extra={"delay": config.shutdown_delay, "idle_connections_closed": closed},
+        )
         await asyncio.sleep(config.shutdown_delay)
         stop.set()
 

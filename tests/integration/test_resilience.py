@@ -373,6 +373,35 @@ def test_sigterm_stops_readiness_lets_in_flight_admissions_finish_and_exits_zero
     assert exit_code == 0, process.log_tail()
 
 
+def test_after_sigterm_a_kept_alive_connection_is_closed_after_its_next_answer(
+    env: Env, stub: ecr_stub.EcrStub
+) -> None:
+    # So that clients move to another replica during the shutdown delay, rather than
+    # finding their connection closed under them when the drain ends.
+    with env.webhook("--shutdown-delay", "30s") as process:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", process.port, context=process.ssl_context(), timeout=60
+        )
+        body = json.dumps(review(pod(STRICT, image(new_tag()))))
+        headers = {"Content-Type": "application/json"}
+        connection.request("POST", f"/{names.MUTATE_PODS}", body, headers)
+        first = connection.getresponse()
+        first.read()
+        assert first.getheader("Connection", "").lower() != "close"
+
+        assert process.process is not None
+        process.process.send_signal(signal.SIGTERM)
+        cluster.eventually("/readyz to answer 503", lambda: _readyz(process), 10)
+        # The idle connection was closed at SIGTERM; a new one gets one answer.
+        connection.close()
+        connection.request("POST", f"/{names.MUTATE_PODS}", body, headers)
+        second = connection.getresponse()
+        second.read()
+        assert second.status == 200
+        assert second.getheader("Connection", "").lower() == "close"
+        connection.close()
+
+
 def _readyz(process: WebhookProcess) -> int | None:
     """The /readyz status once it is no longer 200; None while still ready."""
     url = f"http://127.0.0.1:{process.health_port}/readyz"
