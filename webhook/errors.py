@@ -88,12 +88,32 @@ class Retryable(DigestguardError):
     gave one. `webhook.registries.retries.call` is the only place that catches it."""
 
     def __init__(
-        self, problem: str, *, retry_after: float | None = None, throttled: bool = False
+        self,
+        problem: str,
+        *,
+        retry_after: float | None = None,
+        throttled: bool = False,
+        refused: bool = False,
     ) -> None:
         super().__init__(problem)
         self.problem = problem
         self.retry_after = retry_after
         self.throttled = throttled
+        self.refused = refused
+        """The connection was refused: nothing listens there. Tried again once (an
+        endpoint restarting), not until the budget is spent."""
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from, is a refused connection."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return "[Errno 111]" in str(exc) or "Connection refused" in str(exc)
 
 
 class RegistryError(DigestguardError):

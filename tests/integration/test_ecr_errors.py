@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from tests.support import ecr_emulator, ecr_stub
+from tests.support import ecr_emulator, ecr_stub, ports
 from webhook import errors, metrics
 from webhook.core import outcomes, references
 from webhook.registries import ecr, resolver
@@ -474,3 +474,18 @@ def test_access_denied_on_describe_repositories_names_that_action(
 
     with pytest.raises(errors.RegistryError, match="ecr:DescribeRepositories"):
         client.mutability(REPOSITORY, timeout=BUDGET)
+
+
+def test_a_refused_connection_is_tried_twice_not_until_the_budget_is_spent(
+    aws_session: boto3.session.Session,
+) -> None:
+    # Nothing listens: backing off until the deadline would only make each admission
+    # wait its whole budget for the same refusal.
+    holder, port = ports.refusing_port()
+    with holder:
+        client = ecr.EcrClient(endpoint_url=f"http://127.0.0.1:{port}", session=aws_session)
+        before = metrics.REGISTRY_CALLS.labels(ecr.BATCH_GET_IMAGE, "error")._value.get()
+        with pytest.raises(errors.RegistryError, match="refused 2 times"):
+            client.lookup(REPOSITORY, [v1()], timeout=30.0)
+        after = metrics.REGISTRY_CALLS.labels(ecr.BATCH_GET_IMAGE, "error")._value.get()
+    assert after - before == 2

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ecr_emulator, oci_registry, oci_stub
+from tests.support import ecr_emulator, oci_registry, oci_stub, ports
 from webhook import errors, metrics
 from webhook.core import outcomes, references
 from webhook.registries import protocol
@@ -500,3 +500,16 @@ def test_resolve_exits_1_for_a_missing_tag_of_an_oci_registry(
     result = resolve(image, "--insecure-registries", registry.host)
     assert result.returncode == 1
     assert f"{image}: not found (MANIFEST_UNKNOWN" in result.stderr
+
+
+def test_a_refused_connection_is_tried_twice_not_until_the_budget_is_spent() -> None:
+    holder, port = ports.refusing_port()
+    host = f"127.0.0.1:{port}"
+    the_client = oci.OciClient(insecure_registries=[host])
+    with holder:
+        before = metrics.REGISTRY_CALLS.labels(oci.GET_MANIFEST, "error")._value.get()
+        with pytest.raises(errors.RegistryError, match="refused 2 times"):
+            the_client.lookup(outcomes.Repository(host, "app"), [by_tag(host, "app")], timeout=30.0)
+        after = metrics.REGISTRY_CALLS.labels(oci.GET_MANIFEST, "error")._value.get()
+    the_client.close()
+    assert after - before == 2

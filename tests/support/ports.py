@@ -63,3 +63,11 @@ def announced_port(
         if time.monotonic() > give_up:
             raise RuntimeError(f"did not say its port within {within}s:\n{text}")
         time.sleep(0.05)
+
+
+def refusing_port(host: str = "127.0.0.1") -> tuple[socket.socket, int]:
+    """A socket bound to a port of `host` that does not listen, and the port: every
+    connection to it is refused for as long as the socket stays open."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((host, 0))
+    return holder, int(holder.getsockname()[1])

@@ -342,7 +342,9 @@ class EcrClient:
                 ) from exc
             except _TRANSPORT_ERRORS as exc:
                 metrics.REGISTRY_CALLS.labels(operation, "error").inc()
-                raise errors.Retryable(f"{type(exc).__name__}: {exc}") from exc
+                raise errors.Retryable(
+                    f"{type(exc).__name__}: {exc}", refused=errors.connection_refused(exc)
+                ) from exc
             except botocore.exceptions.BotoCoreError as exc:
                 metrics.REGISTRY_CALLS.labels(operation, "error").inc()
                 raise errors.RegistryError(f"ECR {operation} failed: {exc}") from exc

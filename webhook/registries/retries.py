@@ -18,6 +18,9 @@ _T = TypeVar("_T")
 
 BACKOFF_BASE_SECONDS: Final = 0.05
 BACKOFF_CAP_SECONDS: Final = 1.0
+REFUSED_ATTEMPTS: Final = 2
+"""Attempts at a registry that refuses connections: it answers at once, and no backoff
+within one admission's budget brings a stopped endpoint back."""
 MIN_ATTEMPT_SECONDS: Final = 0.05
 """No new attempt starts with less than this left of the budget: it could not finish."""
 
@@ -49,6 +52,15 @@ def call(
         try:
             return attempt()
         except errors.Retryable as exc:
+            if exc.refused and attempts >= REFUSED_ATTEMPTS:
+                logger.warning(
+                    f"{what} gave up: the connection was refused again",
+                    extra={**context, "attempts": attempts, "problem": exc.problem},
+                )
+                raise errors.RegistryError(
+                    f"{what} failed: the connection was refused {attempts} times; last:"
+                    f" {exc.problem}"
+                ) from exc
             _pause_or_give_up(
                 what=what,
                 attempt=attempts,

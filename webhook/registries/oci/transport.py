@@ -208,7 +208,9 @@ class Transport:
                 if _is_stale_connection(exc) and not replaced_a_stale_connection:
                     replaced_a_stale_connection = True
                     continue
-                raise errors.Retryable(f"{url}: {_describe(exc)}") from exc
+                raise errors.Retryable(
+                    f"{url}: {_describe(exc)}", refused=errors.connection_refused(exc)
+                ) from exc
             too_large = len(body) > max_bytes
             if too_large:
                 # The rest is not worth reading: drop the connection instead.
