@@ -169,11 +169,15 @@ def new_tag() -> str:
 
 
 def post(
-    process: WebhookProcess, body: Mapping[str, Any], timeout: float = 60.0, query: str = ""
+    process: WebhookProcess,
+    body: Mapping[str, Any],
+    timeout: float = 60.0,
+    query: str = "",
+    path: str = names.MUTATE_PODS,
 ) -> Any:
     """POST a review to the mutating path; the AdmissionReview answered (HTTP 200 only)."""
     request = urllib.request.Request(
-        process.url(names.MUTATE_PODS) + query,
+        process.url(path) + query,
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
@@ -474,6 +478,25 @@ def test_a_shorter_apiserver_timeout_than_the_deadline_still_ends_in_the_policys
     assert response["allowed"] is allowed
     said = response["status"]["message"] if not allowed else " ".join(response["warnings"])
     assert names.REASON_REGISTRY_UNAVAILABLE in said
+
+
+def test_a_mutating_configuration_pointed_at_the_validating_path_denies_not_admits(
+    env: Env, stub: ecr_stub.EcrStub
+) -> None:
+    # A MutatingWebhookConfiguration sending pods to /validate-pods: the Mutate policy's
+    # image arrives tag-only where only validation runs. It must not pass unpinned.
+    with env.webhook() as process:
+        answer = post(process, review(pod(STRICT, image(new_tag()))), path=names.VALIDATE_PODS)
+        pinned = post(process, review(pod(STRICT, image(new_tag()))))
+        again = json.loads(base64.b64decode(pinned["response"]["patch"]))
+        pinned_pod = pod(STRICT, *[op["value"] for op in again if op["path"].endswith("/image")])
+        validated = post(process, review(pinned_pod), path=names.VALIDATE_PODS)
+
+    response = answer["response"]
+    assert response["allowed"] is False
+    assert names.REASON_TAG_NOT_PINNED in response["status"]["message"]
+    assert f"/{names.MUTATE_PODS}" in response["status"]["message"]
+    assert validated["response"]["allowed"] is True, validated
 
 
 # --------------------------------------------------------------------------

@@ -385,8 +385,28 @@ def test_invalid_reference_asks_the_registry_nothing() -> None:
 # Which policies act in which phase
 
 
-def test_mutate_does_not_act_in_the_validating_phase_of_a_pod() -> None:
-    assert make_plan(api_pod(), [policy()], VALIDATING).subjects == ()
+def test_mutate_does_not_look_up_a_pinned_image_again_in_the_validating_phase() -> None:
+    assert make_plan(pod(PINNED), [policy()], VALIDATING).subjects == ()
+
+
+def test_a_tag_only_image_that_reaches_validation_under_mutate_is_denied() -> None:
+    # The mutating webhook did not run (a configuration sending pods to /validate-pods,
+    # or none): the pod must not start unpinned with no word said.
+    verdict = judge(api_pod(), [policy()], {BY_TAG: FOUND}, VALIDATING)
+    assert not verdict.allowed
+    assert (verdict.edits, verdict.annotations) == ((), {})
+    (finding,) = verdict.findings
+    assert finding.reason == names.REASON_TAG_NOT_PINNED
+    assert f"/{names.MUTATE_PODS}" in finding.message
+
+
+@pytest.mark.parametrize(("on_error", "allowed"), [("Allow", True), ("Deny", False)])
+def test_an_unresolvable_tag_only_image_in_validation_under_mutate_follows_on_resolve_error(
+    on_error: str, allowed: bool
+) -> None:
+    # The mutating webhook lets such an image through unpinned under Allow, so must this.
+    verdict = judge(api_pod(), [policy(onResolveError=on_error)], {BY_TAG: UNKNOWN}, VALIDATING)
+    assert verdict.allowed is allowed
 
 
 @pytest.mark.parametrize("action", ["Enforce", "Audit"])

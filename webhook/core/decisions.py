@@ -174,6 +174,11 @@ def plan(
             pod_labels,
         )
         in_phase = tuple(p for p in applicable if _acts_in(p, phase, review.kind))
+        if phase is Phase.VALIDATING and review.kind == "Pod" and _tag_only(reference):
+            # The mutating webhook runs first: a tag-only image under a Mutate policy here
+            # means it did not run (a misrouted or missing configuration), and the pod
+            # would start unpinned. Pinned images are not looked up a second time.
+            in_phase += tuple(p for p in applicable if p.action is policies.Action.MUTATE)
         if not in_phase:
             continue
         subject = Subject(
@@ -296,6 +301,10 @@ def _max_stale(applicable: tuple[policies.Policy, ...]) -> float:
     return min(p.max_stale_seconds for p in deciding)
 
 
+def _tag_only(reference: references.ImageReference | None) -> bool:
+    return reference is not None and reference.digest is None
+
+
 def _acts_in(policy: policies.Policy, phase: Phase, kind: str) -> bool:
     if kind != "Pod":
         # Workload templates are only validated; Mutate checks existence there.
@@ -341,7 +350,7 @@ def _judge(
             if fatal:
                 continue
         # A tag-only reference breaks Enforce whether or not the registry answered.
-        unpinned = _unpinned_violation(subject, policy, the_plan, mutabilities)
+        unpinned = _unpinned_violation(subject, policy, the_plan, results, mutabilities)
         if unpinned is not None:
             detail, decided = unpinned
             denies = policy.can_deny and (decided or deny_on_error)
@@ -376,14 +385,28 @@ def _unpinned_violation(
     subject: Subject,
     policy: policies.Policy,
     the_plan: Plan,
+    results: Mapping[outcomes.Query, outcomes.Outcome],
     mutabilities: Mapping[outcomes.Repository, outcomes.MutabilityOutcome],
 ) -> tuple[str, bool] | None:
     """(detail, decided) when a tag-only reference breaks `policy`; not decided when the
-    tag mutability could not be read, so that onResolveError decides."""
+    registry or the tag mutability could not be read, so that onResolveError decides."""
     if not subject.is_tag_only or the_plan.phase is Phase.MUTATING:
         return None
     if policy.action is policies.Action.MUTATE:
-        return None
+        if the_plan.kind != "Pod":
+            return None
+        # Found means the mutating webhook would have pinned it (a stale digest too);
+        # otherwise it may have let it through under onResolveError: Allow.
+        found = subject.lookup is not None and isinstance(
+            results.get(subject.lookup), outcomes.Found
+        )
+        return (
+            "still referenced by tag only after the mutating webhook, which pins it"
+            f" under this Mutate policy: check that the MutatingWebhookConfiguration sends"
+            f" pods to /{names.MUTATE_PODS} (and ephemeral containers to"
+            f" /{names.MUTATE_EPHEMERAL})",
+            found,
+        )
     if policy.allow_immutable_tags and subject.lookup is not None:
         tag = subject.lookup.tag or outcomes.IMPLICIT_TAG
         if subject.reference is None or subject.reference.ecr is None:
