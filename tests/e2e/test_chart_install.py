@@ -250,6 +250,52 @@ def test_a_ca_bundle_removed_by_a_reapply_is_restored(
     assert published_bundles(api, configurations) == [material.bundle_pem] * 6
 
 
+def test_a_replaced_or_late_webhook_configuration_gets_its_ca_bundle_back_at_once(
+    api: Any, namespace: str, configurations: secret.WebhookConfigurations, tmp_path: Path
+) -> None:
+    # The periodic round is an hour away: only the watch can bring the caBundle back.
+    tls = replica(api, namespace, configurations, tmp_path, interval=3600.0)
+    admission = client.AdmissionregistrationV1Api(api)
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_until_complete, args=(tls.run(stop),))
+    runner.start()
+    try:
+        cluster.eventually("the first round to publish", lambda: tls.ready, timeout=60)
+        material = stored(api, namespace, "webhook-tls")
+        assert published_bundles(api, configurations) == [material.bundle_pem] * 6
+
+        # `kubectl replace` with the file as written: no caBundle.
+        current = raw(admission.read_validating_webhook_configuration, configurations.validating)
+        for webhook in current["webhooks"]:
+            webhook["clientConfig"].pop("caBundle", None)
+        admission.replace_validating_webhook_configuration(configurations.validating, current)
+        assert b"" in published_bundles(api, configurations)
+        cluster.eventually(
+            "the replaced configuration's caBundle to come back",
+            lambda: published_bundles(api, configurations) == [material.bundle_pem] * 6,
+            timeout=60,
+        )
+
+        # Deleted and created again after the replica started, as a late install does.
+        body = raw(admission.read_mutating_webhook_configuration, configurations.mutating)
+        admission.delete_mutating_webhook_configuration(configurations.mutating)
+        for webhook in body["webhooks"]:
+            webhook["clientConfig"].pop("caBundle", None)
+        admission.create_mutating_webhook_configuration(
+            {"metadata": {"name": configurations.mutating}, "webhooks": body["webhooks"]}
+        )
+        cluster.eventually(
+            "the created configuration's caBundle to come",
+            lambda: published_bundles(api, configurations) == [material.bundle_pem] * 6,
+            timeout=60,
+        )
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        runner.join(60)
+        loop.close()
+
+
 def test_serving_certificate_near_expiry_is_renewed_under_the_same_ca(
     api: Any, namespace: str, configurations: secret.WebhookConfigurations, tmp_path: Path
 ) -> None:
@@ -548,6 +594,12 @@ def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(
     assert status_of(sa_core.read_namespaced_secret, "default-token", "default") == 403
     assert status_of(sa_admission.read_mutating_webhook_configuration, "someone-elses") == 403
     assert status_of(sa_admission.list_mutating_webhook_configuration) == 403
+    # ...but may list (and so watch) its own by name, for the caBundle watch.
+    own = {"field_selector": f"metadata.name={configurations.mutating}"}
+    listed = raw(sa_admission.list_mutating_webhook_configuration, **own)
+    assert [item["metadata"]["name"] for item in listed["items"]] == [configurations.mutating]
+    own = {"field_selector": f"metadata.name={configurations.validating}"}
+    assert raw(sa_admission.list_validating_webhook_configuration, **own)["items"]
     status_patch = {"status": {"observedGeneration": 1}}
     raw(
         client.CustomObjectsApi(sa_client).patch_cluster_custom_object_status,

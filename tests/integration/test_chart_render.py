@@ -540,8 +540,18 @@ def test_cluster_role_reads_policies_and_namespaces_and_patches_only_its_own_web
         (names.GROUP, names.PLURAL, (), ("get", "list", "watch")),
         (names.GROUP, f"{names.PLURAL}/status", (), ("patch",)),
         ("", "namespaces", (), ("get", "list", "watch")),
-        (admission, "mutatingwebhookconfigurations", (FULLNAME,), ("get", "patch")),
-        (admission, "validatingwebhookconfigurations", (FULLNAME,), ("get", "patch")),
+        (
+            admission,
+            "mutatingwebhookconfigurations",
+            (FULLNAME,),
+            ("get", "list", "watch", "patch"),
+        ),
+        (
+            admission,
+            "validatingwebhookconfigurations",
+            (FULLNAME,),
+            ("get", "list", "watch", "patch"),
+        ),
     }
 
 

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -67,6 +68,7 @@ MANAGED_BY_LABEL: Final = {"app.kubernetes.io/managed-by": "digestguard"}
 _REQUEST_TIMEOUT: Final = (5.0, 20.0)
 _ATTEMPTS: Final = 5
 _FIRST_RETRY: Final = 1.0
+_WATCH_SECONDS: Final = 300
 _MERGE_PATCH: Final = "application/merge-patch+json"
 _STRATEGIC_MERGE_PATCH: Final = "application/strategic-merge-patch+json"
 
@@ -134,27 +136,86 @@ class SelfManagedTLS:
         return expires is not None and self.clock() < expires
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Reconcile now and every `interval` seconds until `stop` is set.
+        """Reconcile now, every `interval` seconds, and whenever a webhook configuration
+        of ours is created or changed (a watch on each, by name), until `stop` is set.
 
-        A failed round is logged and retried sooner (1 s, doubling up to `interval`);
-        the files already written keep being served meanwhile.
+        The watch brings the caBundle back within moments when the configurations are
+        created after the replicas or replaced (`kubectl replace`), instead of on the
+        next periodic round. A failed round is logged and retried sooner (1 s, doubling
+        up to `interval`); the files already written keep being served meanwhile.
         """
+        loop = asyncio.get_running_loop()
+        changed_configuration = asyncio.Event()
+        stopped = threading.Event()
+        watchers = [
+            threading.Thread(
+                target=self._watch,
+                args=(kind, lambda: loop.call_soon_threadsafe(changed_configuration.set), stopped),
+                name=f"digestguard-watch-{kind}",
+                daemon=True,
+            )
+            for kind in ("mutating", "validating")
+        ]
+        for watcher in watchers:
+            watcher.start()
         retry = _FIRST_RETRY
-        while not stop.is_set():
+        try:
+            while not stop.is_set():
+                changed_configuration.clear()
+                try:
+                    changed = await asyncio.to_thread(self.reconcile)
+                except Exception as error:
+                    logger.warning(
+                        "TLS reconcile failed; retrying",
+                        extra={"secret": self.secret_name, "error": str(error), "retry_in": retry},
+                    )
+                    delay, retry = retry, min(retry * 2, self.interval)
+                else:
+                    delay, retry = self.interval, _FIRST_RETRY
+                    if changed and self.on_change is not None:
+                        self.on_change()
+                await _first_of(stop, changed_configuration, within=delay)
+        finally:
+            stopped.set()
+
+    def _watch(self, kind: str, changed: Callable[[], object], stopped: threading.Event) -> None:
+        """Call `changed` on every event of webhook configuration `kind` (by its name)."""
+        name = (
+            self.webhook_configurations.mutating
+            if kind == "mutating"
+            else self.webhook_configurations.validating
+        )
+        api = self._admission()
+        lister = (
+            api.list_mutating_webhook_configuration
+            if kind == "mutating"
+            else api.list_validating_webhook_configuration
+        )
+        failures = 0
+        while not stopped.is_set():
             try:
-                changed = await asyncio.to_thread(self.reconcile)
+                # Each stream lists first (ADDED for what exists), so nothing written
+                # between two streams is missed; RBAC allows the list by this name only.
+                for event in kubernetes.watch.Watch().stream(  # type: ignore[no-untyped-call]
+                    lister,
+                    field_selector=f"metadata.name={name}",
+                    timeout_seconds=_WATCH_SECONDS,
+                    _request_timeout=(_REQUEST_TIMEOUT[0], _WATCH_SECONDS + 10),
+                ):
+                    failures = 0
+                    if stopped.is_set():
+                        return
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        changed()
             except Exception as error:
-                logger.warning(
-                    "TLS reconcile failed; retrying",
-                    extra={"secret": self.secret_name, "error": str(error), "retry_in": retry},
-                )
-                delay, retry = retry, min(retry * 2, self.interval)
-            else:
-                delay, retry = self.interval, _FIRST_RETRY
-                if changed and self.on_change is not None:
-                    self.on_change()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    logger.warning(
+                        "cannot watch the webhook configuration; the periodic reconcile"
+                        " still restores its caBundle",
+                        extra={"kind": kind, "configuration": name, "error": str(error)},
+                    )
+                stopped.wait(min(_FIRST_RETRY * 2**failures, self.interval))
 
     def reconcile(self) -> bool:
         """One round (blocking): returns whether the certificate files changed."""
@@ -439,3 +500,13 @@ def _replace(path: Path, content: bytes, *, mode: int) -> None:
 def _described(error: kubernetes.client.ApiException) -> str:
     """One line for an apiserver error: the status and the reason, never the body whole."""
     return f"Kubernetes API: HTTP {error.status} {error.reason}".rstrip()
+
+
+async def _first_of(*events: asyncio.Event, within: float) -> None:
+    """Return when any of `events` is set, or after `within` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
