@@ -499,6 +499,21 @@ def test_a_mutating_configuration_pointed_at_the_validating_path_denies_not_admi
     assert validated["response"]["allowed"] is True, validated
 
 
+def test_a_pod_of_thousands_of_containers_is_decided_whole(
+    env: Env, stub: ecr_stub.EcrStub
+) -> None:
+    # Planned and decided off the event loop: every container is still pinned.
+    tag = new_tag()
+    count = 3000
+    with env.webhook() as process:
+        answer = post(process, review(pod(STRICT, *[image(tag)] * count)))
+    pinned = pinned_images(answer)
+    assert answer["response"]["allowed"] is True
+    assert len(pinned) == count
+    assert len(set(pinned)) == 1
+    assert "@sha256:" in pinned[0]
+
+
 # --------------------------------------------------------------------------
 # (d) stale-if-error, end to end
 # --------------------------------------------------------------------------

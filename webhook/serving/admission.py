@@ -11,18 +11,19 @@ import contextvars
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import logging
 import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import kopf
 from kopf._core.reactor import inventory
 
 from webhook import errors, metrics, names
-from webhook.core import decisions, policies, references
+from webhook.core import containers, decisions, policies, references
 from webhook.registries import resolver
 from webhook.serving import server
 
@@ -35,6 +36,8 @@ NamespaceReader = Callable[[str], Awaitable[dict[str, str] | None]]
 
 JsonPatch = list[dict[str, Any]]
 
+OFFLOAD_CONTAINERS: Final = 64
+"""Above this many containers, a pod is planned and decided off the event loop."""
 DECIDE_MARGIN: Final = 0.2
 """Seconds kept, after the registry lookups, to decide and send the answer."""
 
@@ -226,22 +229,32 @@ class Admission:
         active = _policies(policy_index)
         if not active:
             return None
-        labels = await self._namespace_labels(namespace, namespace_index)
-        review = decisions.Review(operation=operation, namespace=namespace, obj=obj, old=old)
-        the_plan = decisions.plan(review, active, labels, phase, plain_http=self.plain_http)
-        if not the_plan.subjects:
-            return None
         deadline = self.clock() + self.resolve_deadline
         answer_by = server.REQUEST_DEADLINE.get()
         if answer_by is not None:
             # The apiserver may allow less than --resolve-deadline (`?timeout=`): decide
             # with what the registry said by then, rather than be cut off undecided.
             deadline = min(deadline, answer_by - DECIDE_MARGIN)
+        labels = await self._namespace_labels(namespace, namespace_index)
+        review = decisions.Review(operation=operation, namespace=namespace, obj=obj, old=old)
+        # A pod of thousands of containers is planned and decided in a thread, so the
+        # event loop goes on answering other admissions meanwhile.
+        offload = _many_containers(obj) or _many_containers(old)
+        the_plan = await _run(
+            offload,
+            functools.partial(
+                decisions.plan, review, active, labels, phase, plain_http=self.plain_http
+            ),
+        )
+        if not the_plan.subjects:
+            return None
         results, mutabilities = await asyncio.gather(
             self.resolver.resolve(the_plan.queries, deadline=deadline),
             self.resolver.mutability(the_plan.repositories_for_mutability, deadline=deadline),
         )
-        return decisions.decide(the_plan, results, mutabilities)
+        return await _run(
+            offload, functools.partial(decisions.decide, the_plan, results, mutabilities)
+        )
 
     async def _namespace_labels(self, namespace: str, index: Mapping[Any, Any]) -> dict[str, str]:
         if not namespace:
@@ -251,6 +264,21 @@ class Admission:
         # A namespace created a moment before its first pod may not be indexed yet.
         labels = await self.read_namespace_labels(namespace)
         return labels if labels is not None else {}
+
+
+_T = TypeVar("_T")
+
+
+async def _run(in_thread: bool, fn: Callable[[], _T]) -> _T:
+    return await asyncio.to_thread(fn) if in_thread else fn()
+
+
+def _many_containers(obj: Mapping[str, Any] | None) -> bool:
+    """Whether `obj` has more containers than are worth deciding on the event loop."""
+    if obj is None:
+        return False
+    walked = containers.walk(obj)
+    return any(True for _ in itertools.islice(walked, OFFLOAD_CONTAINERS, None))
 
 
 def _policies(index: Mapping[Any, Any]) -> list[policies.Policy]:
