@@ -1041,3 +1041,34 @@ def test_readme_lists_every_value() -> None:
         for key in listed
         if not any(leaf == key or leaf.startswith(f"{key}.") for leaf in leaves)
     } == set()
+
+
+def _declared_paths(schema: dict[str, Any], path: str = "") -> Iterator[str]:
+    """Every property path the schema declares (not inside a map or a list)."""
+    for key, child in schema.get("properties", {}).items():
+        child_path = f"{path}.{key}" if path else key
+        yield child_path
+        if isinstance(child, dict) and child.get("type") == "object":
+            yield from _declared_paths(child, child_path)
+
+
+def test_every_value_the_schema_declares_is_in_values_yaml() -> None:
+    # The other way round from the test above: no schema entry for a value that is gone.
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    # `global` is Helm's, set by parent charts; the rest must have a default here.
+    absent = []
+    for path in _declared_paths(schema):
+        if path == "global" or path.startswith("global."):
+            continue
+        node: Any = values
+        for key in path.split("."):
+            if node == {}:
+                break  # an object left empty by default: its fields are optional
+            if not isinstance(node, dict) or key not in node:
+                absent.append(path)
+                break
+            node = node[key]
+    assert absent == []
