@@ -514,6 +514,19 @@ def test_a_pod_of_thousands_of_containers_is_decided_whole(
     assert "@sha256:" in pinned[0]
 
 
+def test_a_one_mebibyte_image_string_is_denied_in_a_short_message(
+    env: Env, stub: ecr_stub.EcrStub
+) -> None:
+    huge = f"{REGISTRY}/" + "a" * (1 << 20) + ":v1"
+    with env.webhook() as process:
+        answer = post(process, review(pod(STRICT, huge)))
+        log = process.log_tail(400)
+    response = answer["response"]
+    assert response["allowed"] is False
+    assert len(response["status"]["message"]) < 1000
+    assert "a" * 1000 not in log
+
+
 # --------------------------------------------------------------------------
 # (d) stale-if-error, end to end
 # --------------------------------------------------------------------------

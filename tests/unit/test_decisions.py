@@ -995,3 +995,12 @@ def test_every_verdict_is_consistent_and_mutation_is_idempotent(
                 twice["metadata"]["annotations"][names.ANNOTATION_ORIGINAL_IMAGES]
             ).items()
         )
+
+
+def test_a_huge_image_string_is_not_echoed_whole_in_the_denial() -> None:
+    huge = f"{ECR}/" + "a" * (1 << 20) + ":v1"
+    verdict = judge(pod(huge), [policy(action="Enforce")], {}, VALIDATING)
+    assert not verdict.allowed
+    assert len(verdict.message) < 1000
+    assert f"({len(huge)} characters)" in verdict.message
+    assert "at most 255" in verdict.message

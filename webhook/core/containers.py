@@ -35,7 +35,30 @@ class ContainerImage:
     @property
     def label(self) -> str:
         """How messages name the container: `containers[app]`."""
-        return f"{self.list_name}[{self.container}]"
+        return f"{self.list_name}[{clipped(self.container)}]"
+
+    @property
+    def shown_image(self) -> str:
+        """The image as messages and logs quote it: cut short if it is very long."""
+        return shown(self.image)
+
+
+SHOWN_MAX: Final = 300
+"""Characters of a string quoted in a message: an image name is at most 255."""
+
+
+def clipped(text: str) -> str:
+    """`text`, or its start and its length when it is longer than `SHOWN_MAX`."""
+    if len(text) <= SHOWN_MAX:
+        return text
+    return f"{text[:SHOWN_MAX]}... ({len(text)} characters)"
+
+
+def shown(text: str) -> str:
+    """`text` quoted for a message, cut short if it is longer than `SHOWN_MAX`."""
+    if len(text) <= SHOWN_MAX:
+        return repr(text)
+    return f"{text[:SHOWN_MAX]!r}... ({len(text)} characters)"
 
 
 def pod_spec_path(kind: str) -> tuple[str, ...] | None:

@@ -110,7 +110,7 @@ class Finding:
                 where += f", account {ecr.account}, region {ecr.region}"
             where += ")"
         return (
-            f"{self.subject.container.label}: image {self.subject.container.image!r}{where}:"
+            f"{self.subject.container.label}: image {self.subject.container.shown_image}{where}:"
             f" {self.detail} [{self.reason}; DigestPolicy {self.policy.name},"
             f" action {self.policy.action.value}]"
         )
@@ -333,7 +333,7 @@ def _judge(
         digest = outcome.digest
         if outcome.age_seconds > 0:
             notes.append(
-                f"{subject.container.label}: image {subject.container.image!r}: the registry"
+                f"{subject.container.label}: image {subject.container.shown_image}: the registry"
                 f" could not be reached; using the digest {outcome.digest} resolved"
                 f" {outcome.age_seconds:.0f}s ago [{names.REASON_STALE_DIGEST}]"
             )
@@ -439,7 +439,7 @@ def _tag_moved(subject: Subject, results: Mapping[outcomes.Query, outcomes.Outco
     outcome = results.get(check)
     if isinstance(outcome, outcomes.Found) and outcome.digest != subject.reference.digest:
         return (
-            f"{subject.container.label}: image {subject.container.image!r}: tag {check.tag!r}"
+            f"{subject.container.label}: image {subject.container.shown_image}: tag {check.tag!r}"
             f" now points to {outcome.digest}; the pod keeps the pinned digest"
             f" [{names.REASON_TAG_MOVED}]"
         )

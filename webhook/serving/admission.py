@@ -195,7 +195,7 @@ class Admission:
                     "namespace": _namespace(body),
                     "object": _object_name(body),
                     "container": finding.subject.container.label,
-                    "image": finding.subject.container.image,
+                    "image": finding.subject.container.shown_image,
                     "policy": finding.policy.name,
                     "action": finding.policy.action.value,
                     "reason": finding.reason,
