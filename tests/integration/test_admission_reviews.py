@@ -220,10 +220,22 @@ def test_a_pinned_pod_is_not_changed_again_when_the_webhook_is_reinvoked(replay:
     assert_allowed_untouched(review, status, again)
 
 
-def test_the_validating_webhook_leaves_a_created_pod_to_the_mutating_one(replay: Replay) -> None:
+def test_the_validating_webhook_admits_the_pod_the_mutating_one_pinned(replay: Replay) -> None:
+    review = replay.golden("pod-create")
+    _, mutated = replay.post(f"/{names.MUTATE_PODS}", review)
+    validated = copy.deepcopy(review)
+    validated["request"]["object"] = patched(review, mutated)
+    status, answer = replay.post(f"/{names.VALIDATE_PODS}", validated)
+    assert_allowed_untouched(validated, status, answer)
+
+
+def test_the_validating_webhook_denies_a_pod_the_mutating_one_never_saw(replay: Replay) -> None:
+    # Tag-only under a Mutate policy at validation: the mutating webhook did not run.
     review = replay.golden("pod-create")
     status, answer = replay.post(f"/{names.VALIDATE_PODS}", review)
-    assert_allowed_untouched(review, status, answer)
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    assert names.REASON_TAG_NOT_PINNED in answer["response"]["status"]["message"]
 
 
 def test_an_update_pins_only_the_container_whose_image_changed(replay: Replay) -> None:
@@ -267,10 +279,15 @@ def test_an_ephemeral_container_review_pins_only_the_new_ephemeral_container(
     assert image_paths == {"/spec/ephemeralContainers/0/image"}
 
 
-def test_the_validating_webhook_allows_an_ephemeral_container_under_mutate(replay: Replay) -> None:
+def test_the_validating_webhook_allows_an_ephemeral_container_the_mutating_one_pinned(
+    replay: Replay,
+) -> None:
     review = replay.golden("pod-ephemeralcontainers")
-    status, answer = replay.post(f"/{names.VALIDATE_EPHEMERAL}", review)
-    assert_allowed_untouched(review, status, answer)
+    _, mutated = replay.post(f"/{names.MUTATE_EPHEMERAL}", review)
+    validated = copy.deepcopy(review)
+    validated["request"]["object"] = patched(review, mutated)
+    status, answer = replay.post(f"/{names.VALIDATE_EPHEMERAL}", validated)
+    assert_allowed_untouched(validated, status, answer)
 
 
 def test_a_pod_made_by_a_replicaset_is_pinned(replay: Replay) -> None:

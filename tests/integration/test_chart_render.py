@@ -544,13 +544,13 @@ def test_cluster_role_reads_policies_and_namespaces_and_patches_only_its_own_web
             admission,
             "mutatingwebhookconfigurations",
             (FULLNAME,),
-            ("get", "list", "watch", "patch"),
+            ("get", "list", "patch", "watch"),
         ),
         (
             admission,
             "validatingwebhookconfigurations",
             (FULLNAME,),
-            ("get", "list", "watch", "patch"),
+            ("get", "list", "patch", "watch"),
         ),
     }
 
