@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from webhook import __version__, app, errors, logs
-from webhook.core import durations, outcomes, references
+from webhook.core import durations, outcomes, references, text
 from webhook.registries import ecr, oci, protocol, resolver, routing
 
 logger = logging.getLogger("digestguard.cli")
@@ -242,41 +242,38 @@ async def _lookup(
         await the_resolver.aclose()
 
 
-def _seconds(text: str, flag: str) -> float:
+def _seconds(raw: str, flag: str) -> float:
     try:
-        return durations.parse_seconds(text)
+        return durations.parse_seconds(raw)
     except errors.InvalidDuration as error:
-        message = str(error)
-        message = message if len(message) <= 120 else f"{message[:117]}..."
-        raise errors.ConfigurationError(f"--{flag}: {message}") from None
+        raise errors.ConfigurationError(f"--{flag}: {text.clipped(error, 120)}") from None
 
 
-def _hosts(text: str) -> tuple[str, ...]:
+def _hosts(raw: str) -> tuple[str, ...]:
     """The entries of a comma-separated host[:port] list, empty ones left out."""
-    return tuple(entry.strip() for entry in text.split(",") if entry.strip())
+    return tuple(entry.strip() for entry in raw.split(",") if entry.strip())
 
 
-def _integer(text: Any, flag: str, *, least: int | None = None) -> int:
+def _integer(raw: Any, flag: str, *, least: int | None = None) -> int:
     try:
-        value = int(text)
+        value = int(raw)
     except (TypeError, ValueError):
-        raise errors.ConfigurationError(f"--{flag}: {_shown(text)} is not a whole number") from None
+        raise errors.ConfigurationError(f"--{flag}: {_shown(raw)} is not a whole number") from None
     if least is not None and value < least:
         raise errors.ConfigurationError(f"--{flag} must be >= {least}, not {value}")
     return value
 
 
-def _port(text: Any, flag: str) -> int:
-    value = _integer(text, flag, least=0)
+def _port(raw: Any, flag: str) -> int:
+    value = _integer(raw, flag, least=0)
     if value > 65535:
         raise errors.ConfigurationError(f"--{flag}: {value} is not a TCP port (0-65535)")
     return value
 
 
-def _shown(text: Any) -> str:
+def _shown(value: Any) -> str:
     """A flag's value in an error message: quoted, and cut short if it is long."""
-    shown = repr(text)
-    return shown if len(shown) <= 80 else f"{shown[:77]}..."
+    return text.quoted(str(value), 80)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+from webhook.core import text
+
 CONTAINER_LISTS: Final = ("initContainers", "containers", "ephemeralContainers")
 
 # Where the pod spec lives inside each kind of object, as a path of keys.
@@ -35,30 +37,12 @@ class ContainerImage:
     @property
     def label(self) -> str:
         """How messages name the container: `containers[app]`."""
-        return f"{self.list_name}[{clipped(self.container)}]"
+        return f"{self.list_name}[{text.clipped(self.container)}]"
 
     @property
     def shown_image(self) -> str:
         """The image as messages and logs quote it: cut short if it is very long."""
-        return shown(self.image)
-
-
-SHOWN_MAX: Final = 300
-"""Characters of a string quoted in a message: an image name is at most 255."""
-
-
-def clipped(text: str) -> str:
-    """`text`, or its start and its length when it is longer than `SHOWN_MAX`."""
-    if len(text) <= SHOWN_MAX:
-        return text
-    return f"{text[:SHOWN_MAX]}... ({len(text)} characters)"
-
-
-def shown(text: str) -> str:
-    """`text` quoted for a message, cut short if it is longer than `SHOWN_MAX`."""
-    if len(text) <= SHOWN_MAX:
-        return repr(text)
-    return f"{text[:SHOWN_MAX]!r}... ({len(text)} characters)"
+        return text.quoted(self.image)
 
 
 def pod_spec_path(kind: str) -> tuple[str, ...] | None:

@@ -37,6 +37,7 @@ from typing import Any, Final, Protocol
 import aiohttp.web
 
 from webhook import errors, metrics, names
+from webhook.core import text
 from webhook.serving import reviews
 
 logger = logging.getLogger("digestguard.serving")
@@ -595,8 +596,7 @@ CLIP_AT: Final = 200
 
 
 def _clip(value: object) -> str:
-    text = str(value)
-    return text if len(text) <= CLIP_AT else f"{text[:CLIP_AT]}… ({len(text)} characters)"
+    return text.clipped(value, CLIP_AT)
 
 
 def _json(
