@@ -13,12 +13,12 @@ so instead of a time.
 import json
 import multiprocessing
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Final
 
+from tests.support.glob_regex import regex_of
 from webhook.core import policies
 
 ROUNDS: Final = 7
@@ -56,25 +56,6 @@ CASES: Final = [
         f"{ECR}/shop/api",
     ),
 ]
-
-
-def regex_of(pattern: str) -> re.Pattern[str]:
-    parts: list[str] = []
-    position = 0
-    while position < len(pattern):
-        if pattern.startswith("**", position):
-            parts.append(".*")
-            position += 2
-        elif pattern[position] == "*":
-            parts.append("[^/]*")
-            position += 1
-        elif pattern[position] == "?":
-            parts.append("[^/]")
-            position += 1
-        else:
-            parts.append(re.escape(pattern[position]))
-            position += 1
-    return re.compile("".join(parts), re.IGNORECASE)
 
 
 def _time_regex(pattern: str, name: str, out: Any) -> None:

@@ -6,12 +6,11 @@ The matcher must give its answer on every pattern and name, without the engine's
 exponential cases.
 """
 
-import re
-
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.support import glob_regex
 from webhook import errors
 from webhook.core import policies, references
 
@@ -21,23 +20,7 @@ ECR = "111122223333.dkr.ecr.us-east-1.amazonaws.com"
 def reference(written: str, name: str) -> bool:
     # The host of a glob is first spelled as references spell it (see the test below).
     pattern = policies.compile_glob(written).pattern
-    parts: list[str] = []
-    position = 0
-    while position < len(pattern):
-        if pattern.startswith("**", position):
-            parts.append(".*")
-            while pattern.startswith("*", position):
-                position += 1
-        elif pattern[position] == "*":
-            parts.append("[^/]*")
-            position += 1
-        elif pattern[position] == "?":
-            parts.append("[^/]")
-            position += 1
-        else:
-            parts.append(re.escape(pattern[position]))
-            position += 1
-    return re.fullmatch("".join(parts), name, re.IGNORECASE) is not None
+    return glob_regex.regex_of(pattern).fullmatch(name) is not None
 
 
 def matches(pattern: str, name: str) -> bool:

@@ -98,17 +98,8 @@ class Glob:
         return self._program.matches(_fold(name))
 
     @functools.cached_property
-    def _folded(self) -> str:
-        return _fold(self.pattern)
-
-    @functools.cached_property
-    def _prefix(self) -> str:
-        """The literal text before the first wildcard: what every matching name starts with."""
-        return _literal_prefix(self._folded)
-
-    @functools.cached_property
     def _program(self) -> "_Program":
-        return _Program.compile(self._folded)
+        return _Program.compile(_fold(self.pattern))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +152,7 @@ class _GlobIndex:
     def __init__(self, globs: Iterable[Glob]) -> None:
         self._by_prefix: dict[str, list[Glob]] = {}
         for glob in globs:
-            self._by_prefix.setdefault(glob._prefix, []).append(glob)
+            self._by_prefix.setdefault(glob._program.prefix, []).append(glob)
         self._lengths = sorted({len(prefix) for prefix in self._by_prefix})
 
     def matches(self, name: str) -> bool:
