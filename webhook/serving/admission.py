@@ -168,7 +168,6 @@ class Admission:
         body: kopf.Body,
         old: kopf.Body | None,
         operation: str | None,
-        patch: kopf.Patch,
         warnings: list[str],
         **kwargs: Any,
     ) -> None:

@@ -69,6 +69,7 @@ _REQUEST_TIMEOUT: Final = (5.0, 20.0)
 _ATTEMPTS: Final = 5
 _FIRST_RETRY: Final = 1.0
 _WATCH_SECONDS: Final = 300
+_KINDS: Final = ("mutating", "validating")
 _MERGE_PATCH: Final = "application/merge-patch+json"
 _STRATEGIC_MERGE_PATCH: Final = "application/strategic-merge-patch+json"
 
@@ -154,7 +155,7 @@ class SelfManagedTLS:
                 name=f"digestguard-watch-{kind}",
                 daemon=True,
             )
-            for kind in ("mutating", "validating")
+            for kind in _KINDS
         ]
         for watcher in watchers:
             watcher.start()
@@ -180,17 +181,7 @@ class SelfManagedTLS:
 
     def _watch(self, kind: str, changed: Callable[[], object], stopped: threading.Event) -> None:
         """Call `changed` on every event of webhook configuration `kind` (by its name)."""
-        name = (
-            self.webhook_configurations.mutating
-            if kind == "mutating"
-            else self.webhook_configurations.validating
-        )
-        api = self._admission()
-        lister = (
-            api.list_mutating_webhook_configuration
-            if kind == "mutating"
-            else api.list_validating_webhook_configuration
-        )
+        lister, name = self._configuration_calls(kind, "list")
         failures = 0
         while not stopped.is_set():
             try:
@@ -329,18 +320,15 @@ class SelfManagedTLS:
     def _admission(self) -> Any:
         return kubernetes.client.AdmissionregistrationV1Api(self._client())
 
+    def _configuration_calls(self, kind: str, verb: str) -> tuple[Callable[..., Any], str]:
+        """The API call `verb` (read, list, patch) for webhook configuration `kind`
+        (mutating or validating), and that configuration's name."""
+        name = getattr(self.webhook_configurations, kind)
+        call = getattr(self._admission(), f"{verb}_{kind}_webhook_configuration")
+        return call, name
+
     def _read_configurations(self) -> dict[str, dict[str, Any] | None]:
-        api = self._admission()
-        readers = {
-            "mutating": (
-                api.read_mutating_webhook_configuration,
-                self.webhook_configurations.mutating,
-            ),
-            "validating": (
-                api.read_validating_webhook_configuration,
-                self.webhook_configurations.validating,
-            ),
-        }
+        readers = {kind: self._configuration_calls(kind, "read") for kind in _KINDS}
         found: dict[str, dict[str, Any] | None] = {}
         for kind, (read, name) in readers.items():
             try:
