@@ -132,14 +132,15 @@ async def run(config: Config) -> None:
     async def shut_down() -> None:
         # Stop being ready first so endpoints drop this replica, then drain and stop.
         draining.set()
-        # Every kept-alive connection closes after its next answer from now on, and the
-        # idle ones now: clients reconnect, through endpoints that soon lack this
-        # replica, long before the last connections close at the end of the drain.
+        # Every kept-alive connection closes after its next answer from now on, so
+        # clients reconnect, through endpoints that soon lack this replica. Idle ones
+        # stay open until the delay ends: closing a connection a client may be writing
+        # a request on fails that request (HTTP/1.1 cannot tell it was not read), and
+        # a client is least likely to pick one that stayed idle that long.
         admission_server.begin_draining()
-        closed = admission_server.close_idle_connections()
         logger.info(
             "SIGTERM: not ready; draining",
-            extra={"delay": config.shutdown_delay, "idle_connections_closed": closed},
+            extra={"delay": config.shutdown_delay, "connections": admission_server.connections},
         )
         await asyncio.sleep(config.shutdown_delay)
         stop.set()
