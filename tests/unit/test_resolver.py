@@ -2,14 +2,16 @@
 
 import asyncio
 import hashlib
+import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 
 import pytest
 
 from webhook import errors, metrics
 from webhook.core import outcomes, references
-from webhook.registries import resolver
+from webhook.registries import resolver, retries
 
 REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 APP = outcomes.Repository(REGISTRY, "team/app")
@@ -658,3 +660,74 @@ async def test_each_registry_has_its_own_circuit(
     answers = await resolve(the_resolver, clock, tag("v1", elsewhere))
 
     assert answers[tag("v1", elsewhere)] == found("v1")
+
+
+async def test_admissions_of_the_probed_tag_do_not_wait_for_the_probe(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    # A probe of a registry that accepts and never answers must not hold the admissions
+    # of its own tag for their whole deadline: they get the open circuit's answer.
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(120)  # past the TTL: v1 is stale from here on
+    await open_the_circuit(the_resolver, registry, clock)
+    registry.failure = None
+    registry.hang()
+    clock.advance(1.0)  # the cool-down: the next call is the probe
+    asked = len(registry.lookups)
+    probe = asyncio.create_task(resolve(the_resolver, clock, tag("v1")))
+    while len(registry.lookups) == asked:  # noqa: ASYNC110 - the fake records from a thread
+        await asyncio.sleep(0.01)
+    assert not probe.done()
+
+    joined = await asyncio.wait_for(resolve(the_resolver, clock, tag("v1")), LONG / 2)
+
+    assert len(registry.lookups) == asked + 1, "the probe only"
+    stale = joined[tag("v1")]
+    assert isinstance(stale, outcomes.Found)
+    assert stale.digest == digest_of("v1")
+    assert stale.age_seconds is not None
+    assert stale.age_seconds >= 120
+    registry.release()
+    assert (await probe)[tag("v1")] == found("v1")
+
+
+async def test_a_probe_makes_a_single_attempt_where_a_call_would_retry(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    attempts: list[str] = []
+
+    class Refusing(FakeRegistry):
+        def lookup(
+            self,
+            repository: outcomes.Repository,
+            queries: Collection[outcomes.Query],
+            *,
+            timeout: float,
+        ) -> Mapping[outcomes.Query, outcomes.Outcome]:
+            def attempt() -> Mapping[outcomes.Query, outcomes.Outcome]:
+                attempts.append(repository.name)
+                raise errors.Retryable("503 Service Unavailable")
+
+            return retries.call(
+                attempt,
+                what="lookup",
+                budget_end=time.monotonic() + 0.5,
+                logger=logging.getLogger("test"),
+                context={},
+            )
+
+    the_resolver = resolver.Resolver(Refusing(), failures_to_open=1, cool_down=1.0, clock=clock)
+    try:
+        await resolve(the_resolver, clock, tag("v1"))
+        retried = len(attempts)
+        assert retried > 1, "a call retries a 503 within its budget"
+        assert the_resolver.circuit(REGISTRY).state.value == "open"
+        clock.advance(1.0)
+
+        await resolve(the_resolver, clock, tag("v1"))
+
+        assert len(attempts) == retried + 1, "the probe asks once"
+        assert the_resolver.circuit(REGISTRY).state.value == "open"
+    finally:
+        await the_resolver.aclose()

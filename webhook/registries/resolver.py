@@ -38,7 +38,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from webhook import errors, metrics
 from webhook.core import outcomes, references
-from webhook.registries import breaker, protocol
+from webhook.registries import breaker, protocol, retries
 
 logger = logging.getLogger("digestguard.resolver")
 
@@ -203,6 +203,7 @@ class Resolver:
         waiting: dict[outcomes.Query, _Flight[Any, outcomes.Outcome]] = {}
         to_ask: dict[outcomes.Repository, list[outcomes.Query]] = {}
         unshared: list[tuple[outcomes.Repository, list[outcomes.Query]]] = []
+        probing: dict[outcomes.Query, outcomes.Outcome] = {}
         for query in queries:
             entry = self._digests.get(query)
             if entry is not None and self._is_fresh(entry, now):
@@ -210,7 +211,14 @@ class Resolver:
                 answers[query] = entry.value
                 continue
             flight = _joinable(self._digest_flights, query, now) if self._shared else None
-            if flight is not None:
+            if flight is not None and self._probing(query.repository):
+                # The flight is the circuit's probe of a registry that was failing: not
+                # waited for, or every admission of its tag waits out a registry that
+                # may still hang. Answered as the open circuit answers the others.
+                probing[query] = outcomes.Unknown(
+                    f"{query.repository}: {self.circuit(query.repository.registry).refusal()}"
+                )
+            elif flight is not None:
                 waiting[query] = flight
             elif self._shared:
                 to_ask.setdefault(query.repository, []).append(query)
@@ -228,16 +236,17 @@ class Resolver:
             waiting.update(dict.fromkeys(batch, flight))
 
         fresh = await self._wait(waiting, deadline)
+        fresh.update(probing)
         now = self._clock()
         stale = 0
-        for query in waiting:
+        for query in [*waiting, *probing]:
             outcome = fresh.get(query) or outcomes.Unknown(
                 f"{query}: the registry did not answer within the deadline"
             )
             answer = self._stale_if_error(query, outcome, queries[query], now)
             stale += answer is not outcome
             answers[query] = answer
-        _count(DIGESTS_CACHE, hits=hits, stale=stale, misses=len(waiting) - stale)
+        _count(DIGESTS_CACHE, hits=hits, stale=stale, misses=len(waiting) + len(probing) - stale)
         return answers
 
     async def mutability(
@@ -321,6 +330,10 @@ class Resolver:
         # Unknown and Corrupt are not answers to keep; a Found already kept stays for
         # stale-if-error.
 
+    def _probing(self, repository: outcomes.Repository) -> bool:
+        circuit = self._breakers.get(repository.registry)
+        return circuit is not None and circuit.state is not breaker.State.CLOSED
+
     def circuit(self, registry: str) -> breaker.Breaker:
         """The circuit breaker of `registry`'s endpoint."""
         circuit = self._breakers.get(registry)
@@ -345,8 +358,9 @@ class Resolver:
         circuit = self.circuit(repository.registry)
         if not circuit.allow():
             raise errors.RegistryError(circuit.refusal())
+        probe = circuit.state is breaker.State.HALF_OPEN
         try:
-            result = await self._in_thread(deadline, call)
+            result = await self._in_thread(deadline, call, one_attempt=probe)
         except errors.NotAttempted:
             if circuit.state is breaker.State.HALF_OPEN:
                 circuit.failed("the probe could not start in time")
@@ -404,18 +418,28 @@ class Resolver:
             self._mutabilities.put(repository, outcome, self._clock())
         return {repository: outcome}
 
-    async def _in_thread(self, deadline: float, call: Callable[[float], _T]) -> _T:
-        """`call(time left)` in the pool; the time is measured when a thread picks it up."""
+    async def _in_thread(
+        self, deadline: float, call: Callable[[float], _T], *, one_attempt: bool = False
+    ) -> _T:
+        """`call(time left)` in the pool; the time is measured when a thread picks it up.
+        With `one_attempt` (a circuit's probe) the client does not retry."""
         if self._closed:
             raise errors.NotAttempted("the resolver is shut down")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._with_time_left, deadline, call)
+        return await loop.run_in_executor(
+            self._executor, self._with_time_left, deadline, call, one_attempt
+        )
 
-    def _with_time_left(self, deadline: float, call: Callable[[float], _T]) -> _T:
+    def _with_time_left(
+        self, deadline: float, call: Callable[[float], _T], one_attempt: bool
+    ) -> _T:
         time_left = deadline - self._clock()
         if time_left <= 0:
             raise errors.NotAttempted("the deadline passed before a registry call could start")
-        return call(time_left)
+        if not one_attempt:
+            return call(time_left)
+        with retries.one_attempt():
+            return call(time_left)
 
     def _start(
         self,

@@ -6,10 +6,12 @@ connection error or a timeout) and anything else for a failure that is not; `cal
 runs it until it succeeds, fails for good, or the budget has no room for another try.
 """
 
+import contextlib
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeVar
 
 from webhook import errors
@@ -28,6 +30,20 @@ MIN_ATTEMPT_SECONDS: Final = 0.05
 def backoff(attempt: int) -> float:
     """Full jitter: a uniform pause up to an exponentially growing, capped ceiling."""
     return random.uniform(0.0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)))
+
+
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def one_attempt() -> Iterator[None]:
+    """Within it, `call` makes a single attempt on this thread: a circuit breaker's probe
+    asks once, so a registry that is down gets one request per probe, not a retry loop."""
+    _thread.one_attempt = True
+    try:
+        yield
+    finally:
+        _thread.one_attempt = False
 
 
 def call(
@@ -52,6 +68,8 @@ def call(
         try:
             return attempt()
         except errors.Retryable as exc:
+            if getattr(_thread, "one_attempt", False):
+                raise errors.RegistryError(f"{what} failed: {exc.problem}") from exc
             if exc.refused and attempts >= REFUSED_ATTEMPTS:
                 logger.warning(
                     f"{what} gave up: the connection was refused again",
