@@ -247,6 +247,21 @@ async def test_a_request_that_trickles_in_is_cut_off() -> None:
     assert counter("digestguard_connections_timed_out_total") == before + 1
 
 
+async def test_a_connection_that_never_sends_a_request_is_cut_off() -> None:
+    # Else max_connections of them, each re-opened when the keep-alive timeout closes
+    # it, lock every client out.
+    before = counter("digestguard_connections_timed_out_total")
+    async with serving(request_read_timeout=0.5) as (_, fn, admission_server):
+        port = admission_server.bound_port
+        assert port is not None
+        sock = socket.create_connection(("127.0.0.1", port))
+        with sock:
+            closed = await asyncio.to_thread(_reads_eof, sock)
+        assert closed
+        assert fn.entered == 0
+    assert counter("digestguard_connections_timed_out_total") == before + 1
+
+
 async def test_a_body_that_never_finishes_is_cut_off() -> None:
     async with serving(request_read_timeout=0.5) as (_, fn, admission_server):
         port = admission_server.bound_port

@@ -445,10 +445,11 @@ class HealthServer:
 class _Connection(asyncio.Protocol):
     """One client connection: aiohttp's protocol inside, this server's limits around it.
 
-    A connection over `max_connections` is closed as it is made. Once the first byte
-    of a request arrives, the whole request must arrive within `request_read_timeout`,
-    or the connection is closed: a client sending one byte every few seconds cannot
-    hold it. Between requests aiohttp's keep-alive timeout applies.
+    A connection over `max_connections` is closed as it is made. Its first request, and
+    after that each request from its first byte, must arrive whole within
+    `request_read_timeout`, or the connection is closed: a client that opens
+    connections and sends nothing, or one byte every few seconds, cannot hold them.
+    Between requests aiohttp's keep-alive timeout applies.
     """
 
     def __init__(self, server: AdmissionServer, inner: asyncio.Protocol) -> None:
@@ -457,6 +458,8 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reading: asyncio.TimerHandle | None = None
         self._refused = False
+        self._partial = False
+        """Bytes of a request have arrived, but not the whole request yet."""
         self.active = 0
         """Requests on this connection whose answer is being made."""
 
@@ -470,6 +473,9 @@ class _Connection(asyncio.Protocol):
             return
         self._server._connections.add(self)
         metrics.CONNECTIONS.set(len(self._server._connections))
+        self._reading = asyncio.get_running_loop().call_later(
+            self._server.request_read_timeout, self._too_slow
+        )
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -479,6 +485,7 @@ class _Connection(asyncio.Protocol):
             self._reading = asyncio.get_running_loop().call_later(
                 self._server.request_read_timeout, self._too_slow
             )
+        self._partial = self.active == 0
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -500,10 +507,11 @@ class _Connection(asyncio.Protocol):
 
     def request_read(self) -> None:
         """The request being answered has arrived whole."""
+        self._partial = False
         self._stop_reading()
 
     def close_if_idle(self) -> bool:
-        if self.active or self._reading is not None or self._transport is None:
+        if self.active or self._partial or self._transport is None:
             return False
         self._transport.close()
         return True
