@@ -15,20 +15,24 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import http.client
 import json
 import os
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support import cluster, controlplane, webhook_process
+from tests.support import cluster, controlplane, ports, webhook_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEBHOOK_CPU = 0
@@ -224,20 +228,26 @@ class Stub:
     """`python -m tests.support.ecr_stub` on the load CPU, answering any tag of any repository."""
 
     def __init__(self, workdir: Path, latency_ms: float = 0.0) -> None:
-        self.port = webhook_process.free_port()
+        self.port = ports.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"ecr-stub-{self.port}.log"
         workdir.mkdir(parents=True, exist_ok=True)
         self.latency_ms = latency_ms
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Stub:
+    def start(self, **config: Any) -> Stub:
+        """Start (or, after `stop()`, start again on the same port); `config` is in force
+        before the first request is answered (as `configure()` fields)."""
+        module = (
+            ["bench.stub_process", "--config", json.dumps(config)]
+            if config
+            else ["tests.support.ecr_stub"]
+        )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    "taskset", "-c", str(LOAD_CPU), sys.executable, "-m",
-                    "tests.support.ecr_stub", "--port", str(self.port),
-                    "--latency-ms", str(self.latency_ms),
+                    "taskset", "-c", str(LOAD_CPU), sys.executable, "-m", module[0],
+                    "--port", str(self.port), "--latency-ms", str(self.latency_ms), *module[1:],
                 ],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                 preexec_fn=_die_with_parent,
@@ -251,6 +261,7 @@ class Stub:
         raise RuntimeError("the ECR stub did not start")
 
     def stop(self) -> None:
+        """Stop the process: its port is closed, so connecting to it is refused."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -258,6 +269,10 @@ class Stub:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def __enter__(self) -> Stub:
         return self.start()
@@ -372,7 +387,7 @@ class Floor:
 
     def __init__(self, tls: Tls, workdir: Path) -> None:
         self.tls = tls
-        self.port = webhook_process.free_port()
+        self.port = ports.free_port()
         self.log_path = workdir / f"floor-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -395,8 +410,6 @@ class Floor:
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                 preexec_fn=_die_with_parent,
             )  # fmt: skip
-        import ssl
-
         context = ssl.create_default_context(cafile=str(self.tls.ca))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -468,17 +481,24 @@ def attack(
     generator: Sequence[str] | None = None,
     timeout: float = 30.0,
     keep_bodies: bool = False,
+    max_body: int | None = None,
+    read: bool = True,
 ) -> list[Hit]:
     """Run vegeta at `rate` requests/s for `duration` s; return every request it made.
 
     Targets come from a file (round-robin) or, lazily, from the stdout of the
-    `generator` command (each target used once).
+    `generator` command (each target used once). `max_body` keeps only the first
+    bytes of each answer (enough to classify it, without holding every body).
+    `read=False` returns nothing (read the output later with `read_hits`: decoding
+    many requests takes seconds of this process's CPU).
     """
+    if max_body is None:
+        max_body = -1 if keep_bodies else 0
     command = [
         str(vegeta_binary()), "attack", "-format=json", f"-rate={rate}/s",
         f"-duration={duration}s", "-keepalive=true", "-http2=false",
         f"-root-certs={ca}", f"-timeout={timeout}s", f"-output={output}",
-        f"-max-body={-1 if keep_bodies else 0}",
+        f"-max-body={max_body}",
     ]  # fmt: skip
     if generator is not None:
         command.append("-lazy")
@@ -491,7 +511,7 @@ def attack(
     else:
         assert targets is not None
         subprocess.run([*command, f"-targets={targets}"], check=True)
-    return read_hits(output)
+    return read_hits(output) if read else []
 
 
 def read_hits(path: Path) -> list[Hit]:
@@ -549,3 +569,132 @@ def workdir(base: Path, name: str) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     yield path
+
+
+# --------------------------------------------------------------------------
+# Sampling beside a load: periodic samplers, single admissions, health probes, logs
+# --------------------------------------------------------------------------
+
+
+class Sampler:
+    """Call `fn` every `every` seconds on a thread; keep (wall-clock ns, value) pairs.
+
+    A call that raises is kept as its error's text, so a stall or a refusal shows
+    up in the samples instead of ending them.
+    """
+
+    def __init__(self, fn: Callable[[], Any], every: float) -> None:
+        self.fn = fn
+        self.every = every
+        self.samples: list[tuple[int, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            at = time.time_ns()
+            try:
+                value = self.fn()
+            except Exception as error:  # a failed sample is data
+                value = f"error: {type(error).__name__}: {error}"[:200]
+            self.samples.append((at, value))
+            next_at += self.every
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def healthz_ms(health_url: str, timeout: float = 5.0) -> float:
+    """One GET /healthz on a new connection (as the kubelet probes); its latency in ms."""
+    host, _, port = health_url.removeprefix("http://").partition(":")
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+    finally:
+        connection.close()
+    return (time.perf_counter() - started) * 1000
+
+
+class AdmissionClient:
+    """Single admissions, one at a time, over one keep-alive HTTPS connection
+    (reopened if it breaks), as the apiserver sends them."""
+
+    def __init__(self, url: str, ca: Path, timeout: float = 10.0) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 443
+        self.path = parsed.path
+        self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=str(ca))
+        self._connection: http.client.HTTPSConnection | None = None
+
+    def _connect(self) -> http.client.HTTPSConnection:
+        if self._connection is None:
+            self._connection = http.client.HTTPSConnection(
+                self.host, self.port, context=self.context, timeout=self.timeout
+            )
+            self._connection.connect()
+        return self._connection
+
+    def post(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, float, bytes]:
+        """POST one body; (status, latency s, answer). Status 0: no answer (the error)."""
+        sent = {"Content-Type": "application/json"} | (headers or {})
+        started = time.perf_counter()
+        try:
+            connection = self._connect()
+            connection.request("POST", self.path, body=body, headers=sent)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.will_close:
+                self.close()
+            return response.status, time.perf_counter() - started, answer
+        except (OSError, http.client.HTTPException) as error:
+            self.close()
+            return 0, time.perf_counter() - started, str(error).encode()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def log_events(path: Path, message: str) -> list[dict[str, Any]]:
+    """The webhook's JSON log lines whose message starts with `message`, each with
+    `at_ns` (wall clock, millisecond resolution) added."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        if message not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not str(entry.get("message", "")).startswith(message):
+            continue
+        moment = datetime.datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        entry["at_ns"] = int(moment.replace(tzinfo=datetime.UTC).timestamp() * 1e9)
+        events.append(entry)
+    return events
+
+
+def latency_summary(latencies_s: Iterable[float]) -> dict[str, Any]:
+    """Count, p50, p99 and max (ms) of some latencies in seconds."""
+    ordered = sorted(value * 1000 for value in latencies_s)
+    return {
+        "count": len(ordered),
+        "p50_ms": round(percentile(ordered, 0.50), 3) if ordered else None,
+        "p99_ms": round(percentile(ordered, 0.99), 3) if ordered else None,
+        "max_ms": round(ordered[-1], 3) if ordered else None,
+    }

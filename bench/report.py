@@ -7,6 +7,7 @@ is included as the interpretation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,8 @@ def write(results_dir: Path) -> Path:
     documents = {
         path.stem: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))
     }
+    # globs.json and oci_lookup.json are written (with their own reports) by their modules.
+    documents = {name: d for name, d in documents.items() if "machine" in d}
     out = (
         BENCH_DIR / "RESULTS.md"
         if results_dir.resolve() == (BENCH_DIR / "results").resolve()
@@ -47,6 +50,8 @@ def render(documents: dict[str, dict[str, Any]]) -> str:
         ("calls", _calls),
         ("memory", _memory),
         ("outage", _outage),
+        ("overload", _overload),
+        ("hostile", _hostile),
         ("breakdown", _breakdown),
     ):
         if name in documents:
@@ -431,6 +436,442 @@ def _memory(document: dict[str, Any]) -> str:
 
 
 def _outage(document: dict[str, Any]) -> str:
+    results = document["results"]
+    phases = results["phases_s"]
+    if "refused" not in phases:  # the earlier shape: errors, then hangs
+        return _outage_errors_and_hangs(document)
+    deadline_ms = results["resolve_deadline_s"] * 1000 + 100
+    opened = [p for p in results["phases"][1:3] if p.get("after_breaker_open")]
+    worst_p99 = max(
+        (
+            s["p99_ms"]
+            for p in opened
+            for s in p["after_breaker_open"].values()
+            if s.get("p99_ms") is not None
+        ),
+        default=None,
+    )
+    longest = max(
+        (s["max_ms"] for p in results["phases"] for s in p["by_tag"].values() if s["max_ms"]),
+        default=None,
+    )
+    rates = [
+        p["registry_attempts_per_s_while_open"]["max"]
+        for p in opened
+        if p["registry_attempts_per_s_while_open"]["max"] is not None
+    ]
+    fresh = results["recovery"].get("new_tags_fresh_after_s")
+    targets = [
+        [
+            "after the breaker opens, p99 ≤ 50 ms (known and new tags)",
+            f"worst p99 {_cell(worst_p99)} ms",
+            _verdict(worst_p99 is not None and worst_p99 <= 50),
+        ],
+        [
+            "no admission longer than --resolve-deadline + 100 ms",
+            f"longest {_cell(longest)} ms (limit {deadline_ms:.0f})",
+            _verdict(longest is not None and longest <= deadline_ms),
+        ],
+        [
+            "ECR attempts while open ≤ 1/s per registry (one registry here)",
+            f"most in any 1 s sample: {', '.join(_cell(r) for r in rates)} (refused, hangs)",
+            _verdict(bool(rates) and max(rates) <= 1),
+        ],
+        [
+            "new tags resolve fresh within 2 s of ECR's return",
+            f"{_cell(fresh)} s",
+            _verdict(fresh is not None and fresh <= 2),
+        ],
+    ]
+    rows = []
+    for p in results["phases"]:
+        for kind in ("known", "new"):
+            tag = p["by_tag"][kind]
+            after = p.get("after_breaker_open", {}).get(kind, {})
+            rows.append(
+                [
+                    p["phase"],
+                    kind,
+                    tag["count"],
+                    tag["p50_ms"],
+                    tag["p99_ms"],
+                    tag["max_ms"],
+                    after.get("p99_ms"),
+                    after.get("max_ms"),
+                    tag["over_deadline_plus_100ms"],
+                    json.dumps(tag["decisions"]),
+                ]
+            )
+    registry = [
+        [
+            p["phase"],
+            p.get("phase_s"),
+            p.get("breaker_open_seen_after_s"),
+            p["registry_attempts"],
+            p["registry_attempts_per_s_while_open"]["mean"],
+            p["registry_attempts_per_s_while_open"]["max"],
+            p.get("stub_requests"),
+        ]
+        for p in results["phases"]
+    ]
+    transitions = results.get("breaker_transitions") or []
+    return "\n".join(
+        [
+            "## 7 — An ECR outage: connections refused, then calls that hang\n",
+            f"{results['rate']} admissions/s; {results['traffic']}. `--cache-ttl"
+            f" {results['cache_ttl_s']}s` (every cached digest is past its TTL during the"
+            f" outage), `--resolve-deadline {results['resolve_deadline_s']:g}s`, the policy has"
+            f" `maxStale: {results['max_stale']}` and `onResolveError: Deny`. Phases:"
+            f" {phases['healthy']:g} s healthy, {phases['refused']:g} s of refused connections,"
+            f" {phases['hanging']:g} s of calls that hang, {phases['after']:g} s recovered."
+            f" How: {results['how']}. Phases are cut by each request's send time.\n",
+            _table(["target", "measured", "met?"], targets),
+            "Latency (ms) per phase and kind of tag; *after open*: requests sent once the"
+            " harness's 1 s sampler first saw the breaker open (or half-open) in that phase:\n",
+            _table(
+                [
+                    "phase",
+                    "tags",
+                    "requests",
+                    "p50",
+                    "p99",
+                    "max",
+                    "p99 after open",
+                    "max after open",
+                    "over deadline + 100 ms",
+                    "decisions",
+                ],
+                rows,
+            ),
+            "ECR attempts: *webhook* is `digestguard_registry_calls_total` (one per attempt,"
+            " retries included, counted when the attempt ends), sampled every second; *stub*"
+            " is the requests the ECR stub received (none while it was stopped):\n",
+            _table(
+                [
+                    "phase",
+                    "seconds",
+                    "breaker seen open after s",
+                    "webhook attempts",
+                    "per s while open (mean)",
+                    "per s while open (max)",
+                    "stub requests",
+                ],
+                registry,
+            ),
+            f"Recovery after ECR returned: {json.dumps(results['recovery'])}. Breaker"
+            f" transitions (webhook metric): {json.dumps(results['breaker_transitions_by_state'])};"
+            f" ECR requests received by the stub in all: {results['ecr_calls']}; the webhook's"
+            f" attempts by outcome: {json.dumps(results['registry_calls_by_outcome'])}.\n",
+            "Breaker transitions from the webhook's log (seconds from the start of the run;"
+            f" phases began at {', '.join(_cell(s) for s in results['phase_starts_s'])} s):\n",
+            _table(
+                ["t (s)", "to", "failures", "why"],
+                [
+                    [t["t_s"], t["to"], t["failures"], t["why"]]
+                    for t in _ends(transitions, results["phase_starts_s"])
+                ],
+            ),
+        ]
+    )
+
+
+def _ends(transitions: list[dict[str, Any]], starts: list[float]) -> list[dict[str, Any]]:
+    """The first four transitions of each phase and the last of the run (all are in the JSON)."""
+    shown: list[dict[str, Any]] = []
+    bounds = [*starts, float("inf")]
+    for low, high in itertools.pairwise(bounds):
+        shown += [t for t in transitions if low <= t["t_s"] < high][:4]
+    if transitions and transitions[-1] not in shown:
+        shown.append(transitions[-1])
+    return shown
+
+
+def _overload(document: dict[str, Any]) -> str:
+    results = document["results"]
+    sustainable = results["sustainable"]
+    rows, targets = [], []
+    for run in results["runs"]:
+        idle = run["idle_rss_kib"]
+        settled = run["rss_after_settle_kib"]
+        refused = run["refused_latency"]
+        health = run["healthz"]
+        rows.append(
+            [
+                f"{run['factor']}x = {run['rate']}/s",
+                run["served_share_of_sustainable"],
+                run["served_latency"]["p99_ms"],
+                run["refused_429"],
+                refused["p50_ms"],
+                refused["p99_ms"],
+                run["refused_within_10ms_share"],
+                run["vegeta_no_answer"],
+                json.dumps(run["vegeta_errors"]),
+                json.dumps(run["codes"]),
+                run["cpu_share_of_core"],
+            ]
+        )
+        name = f"{run['factor']}x"
+        targets += [
+            [
+                f"{name}: the sustainable rate still answered (200) within 1 s",
+                f"{run['served_share_of_sustainable']:.1%} of {run['sustainable_rate']}/s",
+                _verdict(run["served_share_of_sustainable"] >= 0.99),
+            ],
+            [
+                f"{name}: the excess refused (429) within 10 ms",
+                f"{run['refused_429']} refused, p50 {_cell(refused['p50_ms'])} / p99"
+                f" {_cell(refused['p99_ms'])} ms",
+                _verdict(bool(run["refused_429"]) and (refused["p99_ms"] or 1e9) <= 10),
+            ],
+            [
+                f"{name}: RSS never above 300 MiB",
+                f"max {run['rss_max_kib'] / 1024:.0f} MiB",
+                _verdict(run["rss_max_kib"] <= 300 * 1024),
+            ],
+            [
+                f"{name}: RSS back within 50 MiB of idle",
+                f"idle {idle / 1024:.0f}, settled {settled / 1024:.0f} MiB",
+                _verdict(settled - idle <= 50 * 1024),
+            ],
+            [
+                f"{name}: /healthz p99 < 100 ms during the load",
+                f"p99 {_cell(health['p99_ms'])}, max {_cell(health['max_ms'])} ms,"
+                f" {health['failed']} failed of {health['count'] + health['failed']}",
+                _verdict(
+                    health["p99_ms"] is not None and health["p99_ms"] < 100 and not health["failed"]
+                ),
+            ],
+            [
+                f"{name}: admission latency normal within 2 s of the load's end",
+                f"{_cell(run['recovery_s'])} s (normal: ≤ {results['normal_probe_ms']:.0f} ms)",
+                _verdict(run["recovery_s"] is not None and run["recovery_s"] <= 2),
+            ],
+        ]
+    memory = [
+        [
+            f"{run['factor']}x",
+            run["idle_rss_kib"] / 1024,
+            run["rss_max_kib"] / 1024,
+            (run["rss_at_load_end_kib"] or 0) / 1024,
+            (run["rss_after_probes_kib"] or 0) / 1024,
+            run["rss_after_settle_kib"] / 1024,
+            run["healthz"]["p50_ms"],
+            run["healthz"]["p99_ms"],
+            run["healthz"]["max_ms"],
+            run["recovery_s"],
+            " ".join(f"{t:g}:{latency:g}" for t, _, latency in run["probes"][:12]),
+            json.dumps(run["webhook_counters"]),
+        ]
+        for run in results["runs"]
+    ]
+    return "\n".join(
+        [
+            "## 8 — Overload: 2x and 4x the sustainable warm rate\n",
+            f"Sustainable rate: the highest with p99 < 10 ms and every request answered (the"
+            f" warm scenario's search, same session): **{sustainable['highest_ok_rate']}/s**"
+            f" (runs: {'; '.join(_tried(sustainable))}). Then {results['duration_s']:g} s at 2x"
+            f" and at 4x (after a {results['warmup_s']:g} s warm-up, not counted), a warm"
+            f" 3-container pod, `{' '.join(results['webhook_args'])}`, `--max-inflight"
+            f" {results['max_inflight']}` (the default). *Served*: HTTP 200 with an"
+            f" AdmissionReview within {results['answer_within_s']:g} s, as a share of the"
+            " sustainable rate x the duration. RSS sampled every 0.5 s; /healthz on a new"
+            " connection every 50 ms from the harness (CPU 1, shared with vegeta); after the"
+            " load, one admission every 100 ms on a keep-alive connection opened before it."
+            " Idle probe latency:"
+            f" {json.dumps(results['probe_baseline'])}.\n",
+            _table(["target", "measured", "met?"], targets),
+            _table(
+                [
+                    "load",
+                    "served / sustainable",
+                    "served p99 ms",
+                    "429s",
+                    "429 p50 ms",
+                    "429 p99 ms",
+                    "429 ≤ 10 ms",
+                    "no answer (vegeta)",
+                    "vegeta errors",
+                    "HTTP codes",
+                    "webhook CPU (cores)",
+                ],
+                rows,
+            ),
+            _table(
+                [
+                    "load",
+                    "idle RSS MiB",
+                    "max RSS",
+                    "RSS at load end",
+                    "RSS 10 s later",
+                    "RSS settled",
+                    "healthz p50 ms",
+                    "healthz p99",
+                    "healthz max",
+                    "recovered after s",
+                    "first probes after the load (s: ms)",
+                    "webhook counters",
+                ],
+                memory,
+            ),
+        ]
+    )
+
+
+def _tried(found: dict[str, Any]) -> list[str]:
+    return [f"{t['rate']}: p99 {t['p99_ms']} ms" for t in found.get("tried", [])]
+
+
+def _hostile(document: dict[str, Any]) -> str:
+    results = document["results"]
+    cases = results["cases"]
+    base = cases.get("baseline", {}).get("normal", {})
+    rows = []
+    for name, case in cases.items():
+        during = case.get("normal_during") if name != "baseline" else case["normal"]
+        rows.append(
+            [
+                name,
+                _hostile_outcome(name, case),
+                case["normal"]["p99_ms"],
+                during and during["p99_ms"],
+                during and during["max_ms"],
+                during and during["count"],
+                json.dumps(case["normal"]["codes"]),
+                case["rss_max_kib"] / 1024 if case.get("rss_max_kib") else None,
+            ]
+        )
+    glob = results["glob"]
+    worst = max(row["median_us"] for row in glob["rows"])
+    pod = cases.get("10,000-container pod", {})
+    policy = cases.get("20,000-glob policy", {})
+    slow = cases.get("slowloris", {})
+    idle = cases.get("idle TLS connections", {})
+    bombs = cases.get("gzip bomb", {}).get("sends", [])
+    targets = [
+        [
+            "gzip bomb refused before the body is read",
+            ", ".join(f"{s.get('status')} in {_cell(s.get('answer_ms'))} ms" for s in bombs),
+            _verdict(bool(bombs) and all(s.get("status") == 415 for s in bombs)),
+        ],
+        [
+            "slowloris connections cut (header timeout / cap)",
+            f"held {json.dumps(slow.get('held_s'))} s; {slow.get('server_timed_out')} timed out",
+            _verdict(bool(slow) and (slow["held_s"]["max"] or 1e9) <= 15),
+        ],
+        [
+            "idle TLS connections (no byte after the handshake) cut",
+            f"{idle.get('closed_by_server')} of {idle.get('connections')} closed in"
+            f" {idle.get('seconds')} s",
+            _verdict(bool(idle) and idle["closed_by_server"] >= idle["connections"]),
+        ],
+        [
+            "wide glob vs a 4 KiB name: < 1 ms per match",
+            f"worst median {worst:g} µs",
+            _verdict(worst < 1000),
+        ],
+        [
+            "10,000-container pod: others stalled no more than a few ms",
+            f"others' max {_cell(pod.get('normal_during', {}).get('max_ms'))} ms beside it"
+            f" (baseline max {_cell(base.get('max_ms'))})",
+            _verdict(
+                bool(pod)
+                and (pod["normal_during"]["max_ms"] or 1e9) <= (base.get("max_ms") or 0) + 5
+            ),
+        ],
+        [
+            "20,000-glob policy load: (no target given) others' p99 / max",
+            f"{_cell(policy.get('normal_during', {}).get('p99_ms'))} /"
+            f" {_cell(policy.get('normal_during', {}).get('max_ms'))} ms",
+            "-",
+        ],
+    ]
+    return "\n".join(
+        [
+            "## 9 — Hostile input beside normal admissions\n",
+            f"Normal admissions (a warm 3-container pod) at {results['normal_rate']}/s run beside"
+            " each case; *during* is the admissions sent while the hostile input was being"
+            " sent or processed. `--max-body-bytes` is the default"
+            f" ({results['max_body_bytes']:,} bytes), which admits the 10,000-container review"
+            f" ({_cell(pod.get('body_bytes'))} bytes).\n",
+            _table(["target", "measured", "met?"], targets),
+            _table(
+                [
+                    "case",
+                    "what happened",
+                    "normal p99 (whole run) ms",
+                    "normal p99 during",
+                    "normal max during",
+                    "normal admissions during",
+                    "normal HTTP codes",
+                    "max RSS MiB",
+                ],
+                rows,
+            ),
+            f"Glob `{glob['pattern']}` matched in-process (`webhook.core.policies`, compiled"
+            " once), per match:\n",
+            _table(
+                ["name", "length", "matches", "iterations", "best µs", "median µs", "worst run µs"],
+                [
+                    [
+                        r["name"],
+                        r["length"],
+                        r["matches"],
+                        r["iterations"],
+                        r["best_us"],
+                        r["median_us"],
+                        r["worst_run_us"],
+                    ]
+                    for r in glob["rows"]
+                ],
+            ),
+            "Connections held open over time (s: attacker's open connections / the server's"
+            " `digestguard_connections`, which includes vegeta's):\n",
+            _table(
+                ["case", "samples"],
+                [
+                    [
+                        name,
+                        " ".join(
+                            f"{t}:{c}/{s:g}" for t, c, s in cases[name]["over_time"][:: max(1, 5)]
+                        ),
+                    ]
+                    for name in ("slowloris", "idle TLS connections")
+                    if name in cases
+                ],
+            ),
+        ]
+    )
+
+
+def _hostile_outcome(name: str, case: dict[str, Any]) -> str:
+    if name == "gzip bomb":
+        return "; ".join(
+            f"HTTP {s.get('status')} in {s.get('answer_ms')} ms after 64 KiB of"
+            f" {s['body_bytes']:,}" + (f" ({s['error']})" if s.get("error") else "")
+            for s in case["sends"]
+        )
+    if name in ("slowloris", "idle TLS connections"):
+        return (
+            f"{case['connections']} connections, a byte every {case['byte_every_s']} s,"
+            f" {case['seconds']:g} s: opened {case['opened']}, closed by the server"
+            f" {case['closed_by_server']}, held {json.dumps(case['held_s'])} s"
+        )
+    if name == "20,000-glob policy":
+        return (
+            f"{case['object_bytes']:,}-byte object; kubectl create {case['kubectl_create_s']} s,"
+            f" enforced {case['enforced_after_create_s']} s after create; removed"
+            f" {case['unloaded_after_delete_s']} s after delete; rejected {case['rejected']:g}"
+        )
+    if name == "10,000-container pod":
+        return "; ".join(
+            f"HTTP {s['status']} in {s['latency_ms']} ms, {s.get('patch_operations')} patch ops,"
+            f" {s['answer_bytes']:,}-byte answer"
+            for s in case["sends"]
+        )
+    return "-"
+
+
+def _outage_errors_and_hangs(document: dict[str, Any]) -> str:
     results = document["results"]
     phases = results["phases_s"]
     return "\n".join(

@@ -4,7 +4,9 @@
     python -m bench.run cold        # cache misses vs injected ECR latency (0, 5, 50 ms)
     python -m bench.run calls       # ECR calls per 1,000 admissions, cached vs uncached
     python -m bench.run memory      # RSS idle, with 10k / 100k digests, under a long stream
-    python -m bench.run outage      # a 60 s ECR outage (30 s of errors, 30 s of hanging calls)
+    python -m bench.run outage      # ECR refusing connections for 60 s, then hanging for 60 s
+    python -m bench.run overload    # 2x and 4x the sustainable warm rate, 60 s each
+    python -m bench.run hostile     # gzip bomb, slowloris, wide glob, huge policy, huge pod
     python -m bench.run breakdown   # in-process: where the CPU of one admission goes (no cluster)
     python -m bench.run all         # everything above, in that order
     python -m bench.run report      # rewrite RESULTS.md from bench/results/*.json
@@ -17,11 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import functools
+import itertools
 import json
 import os
 import shlex
 import ssl
+import statistics
 import sys
 import tempfile
 import threading
@@ -590,25 +596,30 @@ def _fill_images(offset: int, n: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# 7: a 60-second ECR outage
+# 7: an ECR outage: refused connections for 60 s, then calls that hang for 60 s
 # --------------------------------------------------------------------------
+
+OUTAGE_PHASES = ("healthy", "ECR refuses connections", "ECR hangs", "recovered")
 
 
 def outage(ctx: Context) -> dict[str, Any]:
     rate = 100
-    healthy, errors, hanging, after = (
-        (15.0, 30.0, 30.0, 15.0) if not ctx.quick else (3.0, 5.0, 5.0, 3.0)
+    healthy, refused, hanging, after = (
+        (15.0, 60.0, 60.0, 15.0) if not ctx.quick else (3.0, 5.0, 5.0, 4.0)
     )
     deadline = 5.0
     known = [reviews.image(f"bench/out{i % 5}", f"v{i}") for i in range(50)]
     run = uuid.uuid4().hex[:8]
     results: dict[str, Any] = {
         "rate": rate,
-        "phases_s": {"healthy": healthy, "errors": errors, "hanging": hanging, "after": after},
+        "phases_s": {"healthy": healthy, "refused": refused, "hanging": hanging, "after": after},
         "resolve_deadline_s": deadline,
         "cache_ttl_s": 10,
         "max_stale": "10m",
         "traffic": "90% pods with one of 50 tags resolved before the outage, 10% new tags",
+        "how": "refused: the stub process is stopped (its port closed, connections refused);"
+        " hangs: a new stub process on the same port, started with always=hang (it accepts,"
+        " reads the request and never answers); back: always=None and the hung calls released",
     }
     with (
         harness.Stub(ctx.base) as stub,
@@ -616,87 +627,710 @@ def outage(ctx: Context) -> dict[str, Any]:
     ):
         for image in known:
             prime(webhook.url(), ctx.tls.ca, [image])
-        total = healthy + errors + hanging + after
+        total = healthy + refused + hanging + after
         count = int(rate * total) + 100
-        targets = pod_targets(
-            ctx,
-            "outage",
-            webhook.url(),
-            count,
-            lambda n: [
-                known[(n * 7) % len(known)]
-                if n % 10
-                else reviews.image("bench/out0", f"new-{run}-{n}")
-            ],
+        targets = harness.write_targets(
+            ctx.path("outage.targets"),
+            (harness.target(webhook.url(), _outage_review(known, run, n)) for n in range(count)),
         )
         stub.reset()
-
+        output = ctx.path("outage.bin")
         switched: list[int] = []  # wall-clock ns, as vegeta's timestamps
+        stub_calls: list[int] = []  # requests the stub received, per phase
+
+        def registry_counts() -> dict[str, Any]:
+            return {
+                "attempts": webhook.metric("digestguard_registry_calls_total"),
+                "stub": stub.calls() if stub.running else None,
+                "open": webhook.metric("digestguard_registry_circuit", state="open"),
+                "half_open": webhook.metric("digestguard_registry_circuit", state="half-open"),
+            }
 
         def script() -> None:
-            # Phases start from vegeta's first request, not from this thread's start.
-            while not ctx.path("outage.bin").exists() or not ctx.path("outage.bin").stat().st_size:
+            # Phases start from vegeta's first answer, not from this thread's start.
+            while not output.exists() or not output.stat().st_size:
                 time.sleep(0.01)
             switched.append(time.time_ns())
             time.sleep(healthy)
-            stub.configure(always="ServerException")
+            stub_calls.append(stub.calls())
+            stub.stop()
             switched.append(time.time_ns())
-            log("outage: ECR answers ServerException")
-            time.sleep(errors)
-            stub.configure(always="hang")
+            log("outage: ECR refuses connections (stub stopped)")
+            time.sleep(refused)
+            stub.start(always="hang")
             switched.append(time.time_ns())
-            log("outage: ECR hangs every call")
+            log("outage: ECR accepts and never answers")
             time.sleep(hanging)
+            stub_calls.append(stub.calls())
             stub.configure(always=None)
             stub.release()
             switched.append(time.time_ns())
             log("outage: ECR is back")
 
-        timeline = threading.Thread(target=script, daemon=True)
-        ctx.path("outage.bin").unlink(missing_ok=True)
-        ctx.settle()
-        timeline.start()
-        hits = harness.attack(
-            targets=targets,
-            rate=rate,
-            duration=total,
-            ca=ctx.tls.ca,
-            output=ctx.path("outage.bin"),
-            timeout=10.0,
-            keep_bodies=True,
+        # vegeta on a thread, the timeline on this one: a process started from a thread
+        # gets SIGTERM when that thread ends (PR_SET_PDEATHSIG), and the stub must outlive it.
+        load = threading.Thread(
+            target=harness.attack,
+            kwargs={
+                "targets": targets,
+                "rate": rate,
+                "duration": total,
+                "ca": ctx.tls.ca,
+                "output": output,
+                "timeout": 10.0,
+                "keep_bodies": True,
+                "read": False,
+            },
+            daemon=True,
         )
-        timeline.join()
-        phases = []
-        bounds = [0, *switched[1:], hits[-1].at_ns + 1]
-        for name, low, high in zip(
-            ("healthy", "ECR errors", "ECR hangs", "recovered"), bounds, bounds[1:], strict=False
-        ):
-            in_phase = [h for h in hits if low <= h.at_ns < high]
-            answered = [h for h in in_phase if h.code == 200]
-            within = [h for h in answered if h.latency_s <= deadline + 1.0]
-            latencies = sorted(h.latency_s * 1000 for h in in_phase)
-            phases.append(
-                {
-                    "phase": name,
-                    "requests": len(in_phase),
-                    "answered_share": round(len(answered) / len(in_phase), 4) if in_phase else 0,
-                    "answered_within_deadline_share": round(len(within) / len(in_phase), 4)
-                    if in_phase
-                    else 0,
-                    "p50_ms": round(harness.percentile(latencies, 0.5), 1),
-                    "p99_ms": round(harness.percentile(latencies, 0.99), 1),
-                    "max_ms": round(latencies[-1], 1) if latencies else None,
-                    "decisions": decision_counts(in_phase),
-                }
-            )
-            log(f"outage {name}: {phases[-1]}")
-        results["phases"] = phases
-        results["ecr_calls"] = stub.calls()
+        output.unlink(missing_ok=True)
+        ctx.settle()
+        with harness.Sampler(registry_counts, 1.0) as counts:
+            load.start()
+            script()
+            load.join()
+        hits = harness.read_hits(output)
+        stub_calls.append(stub.calls())
+        results["phases"] = _outage_phases(hits, switched, deadline, counts.samples, stub_calls)
+        results["recovery"] = _outage_recovery(hits, switched[-1])
+        results["breaker_transitions"] = [
+            {
+                "t_s": round((event["at_ns"] - switched[0]) / 1e9, 3),
+                "to": event.get("to"),
+                "failures": event.get("failures"),
+                "why": str(event.get("why", ""))[:120],
+            }
+            for event in harness.log_events(webhook.log_path, "registry circuit")
+        ]
+        results["breaker_transitions_by_state"] = {
+            state: int(webhook.metric("digestguard_registry_circuit_transitions_total", to=state))
+            for state in ("open", "half-open", "closed")
+        }
+        results["phase_starts_s"] = [round((s - switched[0]) / 1e9, 3) for s in switched]
+        results["ecr_calls"] = sum(stub_calls)
         results["registry_calls_by_outcome"] = {
             outcome: int(webhook.metric("digestguard_registry_calls_total", outcome=outcome))
             for outcome in ("ok", "error", "throttled")
         }
+        for phase in results["phases"]:
+            log(f"outage {phase['phase']}: {json.dumps(phase)}")
+        log(f"outage recovery: {results['recovery']}")
     return results
+
+
+def _outage_review(known: Sequence[str], run: str, n: int) -> dict[str, Any]:
+    """Admission `n` of the outage stream; its uid (echoed in the answer) says which kind."""
+    if n % 10:
+        return reviews.review(
+            reviews.pod(f"outage-{n}", [known[(n * 7) % len(known)]]), uid=f"known-{n}"
+        )
+    image = reviews.image("bench/out0", f"new-{run}-{n}")
+    return reviews.review(reviews.pod(f"outage-{n}", [image]), uid=f"new-{n}")
+
+
+def _tag_kind(hit: harness.Hit) -> str:
+    """ "known" or "new", from the uid the answer echoes; "unknown" without an answer."""
+    head = hit.body[:400]
+    if b'"uid": "new-' in head or b'"uid":"new-' in head:
+        return "new"
+    if b'"uid": "known-' in head or b'"uid":"known-' in head:
+        return "known"
+    return "unknown"
+
+
+def _outage_recovery(hits: Sequence[harness.Hit], back_ns: int) -> dict[str, Any]:
+    """After ECR is back: when admissions are answered fresh (pinned, no stale warning)
+    again, for good. Measured on the requests' send times: new tags come every 100 ms."""
+    found: dict[str, Any] = {}
+    for kind in ("new", "known"):
+        mine = [h for h in hits if h.at_ns >= back_ns and _tag_kind(h) == kind]
+        fresh_from = None
+        for index, hit in enumerate(mine):
+            if all(classify(h) == "allowed, pinned" for h in mine[index:]):
+                fresh_from = hit
+                break
+        found[f"{kind}_tags_fresh_after_s"] = (
+            round((fresh_from.at_ns - back_ns) / 1e9, 3) if fresh_from else None
+        )
+        found[f"{kind}_tags_not_fresh_after_back"] = sum(
+            1 for h in mine if classify(h) != "allowed, pinned"
+        )
+    return found
+
+
+def _outage_phases(
+    hits: Sequence[harness.Hit],
+    switched: Sequence[int],
+    deadline: float,
+    samples: Sequence[tuple[int, Any]],
+    stub_calls: Sequence[int],
+) -> list[dict[str, Any]]:
+    bounds = [0, *switched[1:], hits[-1].at_ns + 1]
+    phases = []
+    for index, (name, low, high) in enumerate(zip(OUTAGE_PHASES, bounds, bounds[1:], strict=False)):
+        in_phase = [h for h in hits if low <= h.at_ns < high]
+        answered = [h for h in in_phase if h.code == 200]
+        within = [h for h in answered if h.latency_s <= deadline + 1.0]
+        latencies = sorted(h.latency_s * 1000 for h in in_phase)
+        by_kind = {}
+        for kind in ("known", "new"):
+            mine = [h for h in in_phase if _tag_kind(h) == kind]
+            by_kind[kind] = harness.latency_summary(h.latency_s for h in mine) | {
+                "over_deadline_plus_100ms": sum(1 for h in mine if h.latency_s > deadline + 0.1),
+                "decisions": decision_counts(mine),
+            }
+        # After the breaker opened: from the first sample that saw it open (or half-open).
+        opened = next(
+            (
+                at
+                for at, value in samples
+                if low <= at < high
+                and isinstance(value, dict)
+                and (value["open"] or value["half_open"])
+            ),
+            None,
+        )
+        after_open = {}
+        if opened is not None:
+            for kind in ("known", "new"):
+                mine = [h for h in in_phase if h.at_ns >= opened and _tag_kind(h) == kind]
+                after_open[kind] = harness.latency_summary(h.latency_s for h in mine)
+        window = [v for at, v in samples if low <= at < high and isinstance(v, dict)]
+        open_window = [
+            v for at, v in samples if (opened or high) <= at < high and isinstance(v, dict)
+        ]
+        per_second = [b["attempts"] - a["attempts"] for a, b in itertools.pairwise(open_window)]
+        attempts = window[-1]["attempts"] - window[0]["attempts"] if len(window) > 1 else None
+        phases.append(
+            {
+                "phase": name,
+                "requests": len(in_phase),
+                "answered_share": round(len(answered) / len(in_phase), 4) if in_phase else 0,
+                "answered_within_deadline_share": round(len(within) / len(in_phase), 4)
+                if in_phase
+                else 0,
+                "p50_ms": round(harness.percentile(latencies, 0.5), 1),
+                "p99_ms": round(harness.percentile(latencies, 0.99), 1),
+                "max_ms": round(latencies[-1], 1) if latencies else None,
+                "decisions": decision_counts(in_phase),
+                "by_tag": by_kind,
+                "breaker_open_seen_after_s": round((opened - low) / 1e9, 2)
+                if opened and index
+                else None,
+                "after_breaker_open": after_open,
+                "registry_attempts": attempts,
+                "registry_attempts_per_s_while_open": {
+                    "mean": round(statistics.fmean(per_second), 2) if per_second else None,
+                    "max": max(per_second) if per_second else None,
+                    "seconds": len(per_second),
+                },
+                "phase_s": round((high - low) / 1e9, 1) if index else None,
+            }
+        )
+    # Requests the stub received: [healthy, hanging, recovered] (none while it was stopped).
+    phases[0]["stub_requests"] = stub_calls[0]
+    phases[1]["stub_requests"] = 0
+    phases[2]["stub_requests"] = stub_calls[1]
+    phases[3]["stub_requests"] = stub_calls[2] - stub_calls[1]
+    return phases
+
+
+# --------------------------------------------------------------------------
+# 8: overload — 2x and 4x the sustainable warm rate
+# --------------------------------------------------------------------------
+
+ANSWER_WITHIN_S = 1.0
+"""An admission counts as served under overload when answered (200, an AdmissionReview)
+within this."""
+
+
+def overload(ctx: Context) -> dict[str, Any]:
+    duration = ctx.seconds(60, 5)
+    warmup = 3.0
+    probe_for = ctx.seconds(10, 4)
+    results: dict[str, Any] = {
+        "images": WARM_IMAGES,
+        "duration_s": duration,
+        "warmup_s": warmup,
+        "answer_within_s": ANSWER_WITHIN_S,
+        "webhook_args": ["--cache-ttl", "1h"],
+        "max_inflight": 200,
+        "runs": [],
+    }
+    with harness.Stub(ctx.base) as stub, ctx.webhook(stub, "--cache-ttl", "1h") as webhook:
+        targets = pod_targets(ctx, "overload", webhook.url(), 2000, lambda _: WARM_IMAGES)
+        prime(webhook.url(), ctx.tls.ca, WARM_IMAGES)
+        time.sleep(2)
+        settle(webhook.pid)
+        results["idle_rss_kib"] = webhook.rss_kib()
+        baseline = _probes(webhook.url(), ctx.tls.ca, seconds=ctx.seconds(5, 2))
+        results["probe_baseline"] = harness.latency_summary(p["latency_s"] for p in baseline)
+        # "Normal": what a single admission takes on an idle webhook, with room for noise.
+        normal_ms = max(10.0, 2 * results["probe_baseline"]["p99_ms"])
+        results["normal_probe_ms"] = normal_ms
+        if ctx.quick:
+            results["sustainable"] = {"highest_ok_rate": 300, "note": "--quick: not searched"}
+        else:
+            results["sustainable"] = max_rate(ctx, webhook.pid, targets, "overload", 10.0)
+        sustainable = results["sustainable"]["highest_ok_rate"]
+        log(f"overload: sustainable {sustainable}/s (p99 < 10 ms, all answered)")
+        for factor in (2, 4):
+            run = _overload_run(
+                ctx, webhook, targets, sustainable, factor, duration, warmup, probe_for, normal_ms
+            )
+            run["idle_rss_kib"] = results["idle_rss_kib"]
+            results["runs"].append(run)
+            log(f"overload {factor}x: {json.dumps(_overload_brief(run))}")
+    return results
+
+
+def _probes(url: str, ca: Path, *, seconds: float, every: float = 0.1) -> list[dict[str, Any]]:
+    """Single admissions every `every` s for `seconds` (one at a time, one connection)."""
+    client = harness.AdmissionClient(url, ca)
+    bodies = [
+        json.dumps(reviews.create(f"probe-{n}", WARM_IMAGES)).encode()
+        for n in range(int(seconds / every) + 1)
+    ]
+    probes = []
+    next_at = time.monotonic()
+    for body in bodies:
+        at = time.time_ns()
+        status, latency, _ = client.post(body)
+        probes.append({"at_ns": at, "status": status, "latency_s": latency})
+        next_at += every
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    client.close()
+    return probes
+
+
+def _is_review(body: bytes) -> bool:
+    """Whether a (possibly cut) answer starts like an AdmissionReview."""
+    return b'"kind": "AdmissionReview"' in body[:200] or b'"kind":"AdmissionReview"' in body[:200]
+
+
+def _overload_run(
+    ctx: Context,
+    webhook: harness.Webhook,
+    targets: Path,
+    sustainable: int,
+    factor: int,
+    duration: float,
+    warmup: float,
+    probe_for: float,
+    normal_ms: float,
+) -> dict[str, Any]:
+    rate = sustainable * factor
+    ctx.settle()
+    settle(webhook.pid)
+    output = ctx.path("overload.bin")
+    output.unlink(missing_ok=True)
+    metric_names = {
+        "refused_overloaded": ("digestguard_admissions_refused_total", {"reason": "overloaded"}),
+        "connections_refused": ("digestguard_connections_refused_total", {}),
+        "connections_timed_out": ("digestguard_connections_timed_out_total", {}),
+    }
+    before = {k: webhook.metric(name, **labels) for k, (name, labels) in metric_names.items()}
+    probes: list[dict[str, Any]] = []
+    vegeta_done = threading.Event()
+
+    def probe_after_load() -> None:
+        # From the end of the scheduled load until `probe_for` after vegeta exits: a
+        # vegeta that falls behind sends its last requests late, and exits only when
+        # every request is answered or timed out. Recovery counts from its last send.
+        while not output.exists() or not output.stat().st_size:
+            time.sleep(0.01)
+        time.sleep(warmup + duration)
+        while not vegeta_done.is_set():
+            probes.extend(_probes(webhook.url(), ctx.tls.ca, seconds=1.0))
+        probes.extend(_probes(webhook.url(), ctx.tls.ca, seconds=probe_for))
+
+    prober = threading.Thread(target=probe_after_load, daemon=True)
+    cpu_before = cpu_seconds(webhook.pid)
+    with (
+        harness.Sampler(webhook.rss_kib, 0.5) as rss,
+        harness.Sampler(lambda: harness.healthz_ms(webhook.health_url), 0.05) as health,
+    ):
+        prober.start()
+        hits = harness.attack(
+            targets=targets,
+            rate=rate,
+            duration=warmup + duration,
+            ca=ctx.tls.ca,
+            output=output,
+            timeout=10.0,
+            max_body=256,
+            read=False,  # read after the probes: decoding takes this process's CPU
+        )
+        vegeta_done.set()
+        prober.join()
+    hits = harness.read_hits(output)
+    cpu_used = cpu_seconds(webhook.pid) - cpu_before
+    settle(webhook.pid)
+    time.sleep(5)
+    rss_after_settle = webhook.rss_kib()
+    after = {k: webhook.metric(name, **labels) for k, (name, labels) in metric_names.items()}
+
+    load_start = hits[0].at_ns
+    load_end = hits[-1].at_ns  # the last request vegeta sent
+    counted = [h for h in hits if h.at_ns >= load_start + int(warmup * 1e9)]
+    served = [
+        h
+        for h in counted
+        if h.code == 200 and _is_review(h.body) and h.latency_s <= ANSWER_WITHIN_S
+    ]
+    refused = [h for h in counted if h.code == 429]
+    no_answer = [h for h in hits if h.code == 0]
+    codes: dict[str, int] = {}
+    for h in counted:
+        codes[str(h.code)] = codes.get(str(h.code), 0) + 1
+    errors: dict[str, int] = {}
+    for h in no_answer:
+        key = (
+            "timeout"
+            if "timeout" in h.error.lower() or "deadline" in h.error.lower()
+            else (h.error.split(": ")[-1][:80])
+        )
+        errors[key] = errors.get(key, 0) + 1
+
+    rss_during = [v for at, v in rss.samples if isinstance(v, int) and at <= load_end]
+    rss_after_load = [v for at, v in rss.samples if isinstance(v, int) and at > load_end]
+    health_lat = [v for at, v in health.samples if isinstance(v, float) and at <= load_end]
+    health_failed = [v for at, v in health.samples if not isinstance(v, float) and at <= load_end]
+
+    recovered_at = None
+    probes = [p for p in probes if p["at_ns"] >= load_end]
+    for index, probe in enumerate(probes):
+        rest = probes[index:]
+        if all(p["status"] == 200 and p["latency_s"] * 1000 <= normal_ms for p in rest):
+            recovered_at = probe["at_ns"]
+            break
+    return {
+        "factor": factor,
+        "sustainable_rate": sustainable,
+        "rate": rate,
+        "requests_sent": len(hits),
+        "requests_scheduled": int(rate * (warmup + duration)),
+        "last_send_behind_schedule_s": round(
+            (load_end - load_start) / 1e9 - (warmup + duration), 2
+        ),
+        "requests_counted": len(counted),
+        "codes": codes,
+        "served_within_1s": len(served),
+        "served_share_of_sustainable": round(len(served) / (sustainable * duration), 4),
+        "served_latency": harness.latency_summary(h.latency_s for h in served),
+        "answered_200_latency": harness.latency_summary(
+            h.latency_s for h in counted if h.code == 200
+        ),
+        "refused_429": len(refused),
+        "refused_latency": harness.latency_summary(h.latency_s for h in refused),
+        "refused_within_10ms_share": round(
+            sum(1 for h in refused if h.latency_s <= 0.010) / len(refused), 4
+        )
+        if refused
+        else None,
+        "vegeta_no_answer": len(no_answer),
+        "vegeta_errors": errors,
+        "cpu_share_of_core": round(cpu_used / ((hits[-1].at_ns - load_start) / 1e9), 3),
+        "rss_max_kib": max(rss_during) if rss_during else None,
+        "rss_at_load_end_kib": rss_during[-1] if rss_during else None,
+        "rss_after_probes_kib": rss_after_load[-1] if rss_after_load else None,
+        "rss_after_settle_kib": rss_after_settle,
+        "rss_curve": [
+            [round((at - load_start) / 1e9, 1), v] for at, v in rss.samples if isinstance(v, int)
+        ][::4],
+        "healthz": harness.latency_summary(v / 1000 for v in health_lat)
+        | {"failed": len(health_failed), "failures": sorted(set(health_failed))[:3]},
+        "probes": [
+            [round((p["at_ns"] - load_end) / 1e9, 2), p["status"], round(p["latency_s"] * 1000, 1)]
+            for p in probes
+        ],
+        "recovery_s": round((recovered_at - load_end) / 1e9, 2) if recovered_at else None,
+        "webhook_counters": {k: after[k] - before[k] for k in after},
+        "loadavg": harness.loadavg(),
+    }
+
+
+def _overload_brief(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: run[k]
+        for k in (
+            "rate",
+            "served_share_of_sustainable",
+            "refused_429",
+            "refused_latency",
+            "vegeta_no_answer",
+            "rss_max_kib",
+            "rss_after_settle_kib",
+            "healthz",
+            "recovery_s",
+        )
+    }
+
+
+# --------------------------------------------------------------------------
+# 9: hostile input beside normal admissions
+# --------------------------------------------------------------------------
+
+WIDE_GLOB = "*.dkr.ecr.*.amazonaws.com/*-*-*-*-*/**"
+
+
+def hostile(ctx: Context) -> dict[str, Any]:
+    from bench import hostile as attacks
+
+    rate = 100
+    results: dict[str, Any] = {
+        "normal_rate": rate,
+        "normal_images": WARM_IMAGES,
+        "webhook_args": ["--cache-ttl", "1h"],
+        "max_body_bytes": 16 * 1024 * 1024,
+        "cases": {},
+    }
+    # (c) first: in-process, nothing else running.
+    names = attacks.long_image_name(harness.REGISTRY)
+    results["glob"] = {
+        "pattern": WIDE_GLOB,
+        "rows": attacks.glob_match_times(WIDE_GLOB, names, ctx.seconds(1.0, 0.1)),
+    }
+    log(f"hostile glob: {results['glob']['rows']}")
+    with harness.Stub(ctx.base) as stub, ctx.webhook(stub, "--cache-ttl", "1h") as webhook:
+        targets = pod_targets(ctx, "hostile", webhook.url(), 2000, lambda _: WARM_IMAGES)
+        prime(webhook.url(), ctx.tls.ca, WARM_IMAGES)
+        beside = functools.partial(_beside, ctx, webhook, targets, rate)
+        cases = results["cases"]
+        cases["baseline"] = beside(ctx.seconds(20, 4), lambda: {})
+        cases["gzip bomb"] = beside(ctx.seconds(12, 6), lambda: _gzip_bombs(ctx, webhook))
+        slow = ctx.seconds(60, 12)
+        cases["slowloris"] = beside(
+            slow + 5, lambda: _slowloris(ctx, webhook, seconds=slow, every=5.0)
+        )
+        idle = ctx.seconds(130, 12)  # past the 120 s keep-alive timeout
+        cases["idle TLS connections"] = beside(
+            idle + 5, lambda: _slowloris(ctx, webhook, seconds=idle, every=None)
+        )
+        cases["20,000-glob policy"] = beside(ctx.seconds(45, 20), lambda: _big_policy(ctx, webhook))
+        cases["10,000-container pod"] = beside(
+            ctx.seconds(20, 8), lambda: _big_pod(ctx, webhook, results["max_body_bytes"])
+        )
+        for name, case in cases.items():
+            log(f"hostile {name}: {json.dumps(case)[:600]}")
+    return results
+
+
+def _beside(
+    ctx: Context,
+    webhook: harness.Webhook,
+    targets: Path,
+    rate: int,
+    seconds: float,
+    action: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """Normal admissions at `rate` for 3 + `seconds` s; after the 3 s warm-up, `action`
+    runs on this thread. The normal admissions are summarised over the whole run and
+    over the action's window (from its start to its end, or the `window_ns` it returns)."""
+    ctx.settle()
+    settle(webhook.pid)
+    warmup = 3.0
+    output = ctx.path("beside.bin")
+    output.unlink(missing_ok=True)
+    rss_before = webhook.rss_kib()
+    load = threading.Thread(
+        target=harness.attack,
+        kwargs={
+            "targets": targets,
+            "rate": rate,
+            "duration": warmup + seconds,
+            "ca": ctx.tls.ca,
+            "output": output,
+            "timeout": 10.0,
+            "read": False,
+        },
+        daemon=True,
+    )
+    load.start()
+    while not output.exists() or not output.stat().st_size:
+        time.sleep(0.01)
+    time.sleep(warmup)
+    began = time.time_ns()
+    with harness.Sampler(webhook.rss_kib, 0.5) as rss:
+        found = action()
+        ended = time.time_ns()
+        load.join()
+    hits = harness.read_hits(output)
+    low, high = found.pop("window_ns", (began, ended))
+    counted = [h for h in hits if h.at_ns >= hits[0].at_ns + int(warmup * 1e9)]
+    during = [h for h in counted if low <= h.at_ns <= high]
+    found["action_s"] = round((ended - began) / 1e9, 3)
+    found["action_outlasted_load"] = bool(counted and ended > counted[-1].at_ns)
+    found["normal"] = _normal_summary(counted)
+    found["normal_during"] = _normal_summary(during)
+    found["rss_before_kib"] = rss_before
+    found["rss_max_kib"] = max((v for _, v in rss.samples if isinstance(v, int)), default=None)
+    found["loadavg"] = harness.loadavg()
+    return found
+
+
+def _normal_summary(hits: Sequence[harness.Hit]) -> dict[str, Any]:
+    codes: dict[str, int] = {}
+    for hit in hits:
+        codes[str(hit.code)] = codes.get(str(hit.code), 0) + 1
+    return harness.latency_summary(h.latency_s for h in hits) | {"codes": codes}
+
+
+def _gzip_bombs(ctx: Context, webhook: harness.Webhook) -> dict[str, Any]:
+    from bench import hostile as attacks
+
+    bomb = attacks.gzip_bomb()
+    refused_before = webhook.metric("digestguard_admissions_refused_total")
+    host, port = "127.0.0.1", int(webhook.url().rsplit(":", 1)[1].split("/", 1)[0])
+    sends = []
+    for _ in range(3):
+        sent = attacks.post_unread(
+            host,
+            port,
+            "/mutate-pods",
+            bomb,
+            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            ca=ctx.tls.ca,
+        )
+        sent["rss_after_kib"] = webhook.rss_kib()
+        sends.append(sent)
+        time.sleep(1)
+    return {
+        "inflates_to_bytes": 1 << 30,
+        "sends": sends,
+        "refused_counted": webhook.metric("digestguard_admissions_refused_total") - refused_before,
+    }
+
+
+def _slowloris(
+    ctx: Context, webhook: harness.Webhook, *, seconds: float, every: float | None
+) -> dict[str, Any]:
+    from bench import hostile as attacks
+
+    port = int(webhook.url().rsplit(":", 1)[1].split("/", 1)[0])
+    timed_out_before = webhook.metric("digestguard_connections_timed_out_total")
+    refused_before = webhook.metric("digestguard_connections_refused_total")
+    baseline = webhook.metric("digestguard_connections")
+    count = 200
+    with attacks.Slowloris("127.0.0.1", port, "/mutate-pods", ctx.tls.ca, count, every) as attack:
+
+        def sample() -> dict[str, Any]:
+            return {
+                "client_open": attack.open_now(),
+                "server_connections": webhook.metric("digestguard_connections"),
+            }
+
+        with harness.Sampler(sample, 1.0) as samples:
+            time.sleep(seconds)
+    started = samples.samples[0][0] if samples.samples else 0
+    lifetimes = sorted(attack.lifetimes_s)
+    return {
+        "connections": count,
+        "byte_every_s": every,
+        "seconds": seconds,
+        "server_connections_before": baseline,
+        "over_time": [
+            [round((at - started) / 1e9), v["client_open"], v["server_connections"]]
+            for at, v in samples.samples
+            if isinstance(v, dict)
+        ],
+        "opened": attack.opened,
+        "closed_by_server": attack.closed_by_server,
+        "failed_to_open": attack.failed_to_open,
+        "held_s": {
+            "min": round(lifetimes[0], 2) if lifetimes else None,
+            "median": round(lifetimes[len(lifetimes) // 2], 2) if lifetimes else None,
+            "max": round(lifetimes[-1], 2) if lifetimes else None,
+        },
+        "server_timed_out": webhook.metric("digestguard_connections_timed_out_total")
+        - timed_out_before,
+        "server_refused": webhook.metric("digestguard_connections_refused_total") - refused_before,
+    }
+
+
+def _big_policy(ctx: Context, webhook: harness.Webhook) -> dict[str, Any]:
+    """Create a 20,000-glob DigestPolicy, wait until the webhook enforces it, delete it."""
+    images = [f"{harness.REGISTRY}/team{n}/**" for n in range(20_000)]
+    document = harness.policy("huge", images=images)
+    body = json.dumps(document)
+    loaded_before = webhook.metric("digestguard_policies_loaded")
+    began = time.time_ns()
+    ctx.cluster.kubectl("create", "-f", "-", stdin=body)
+    created = time.time_ns()
+    loaded = _wait_for(lambda: webhook.metric("digestguard_policies_loaded") > loaded_before, 60)
+    rejected = webhook.metric("digestguard_policies_rejected")
+    time.sleep(3)
+    deleting = time.time_ns()
+    ctx.cluster.kubectl("delete", "digestpolicy", "huge", "--wait=true")
+    unloaded = _wait_for(lambda: webhook.metric("digestguard_policies_loaded") <= loaded_before, 60)
+    time.sleep(2)
+    status = ""
+    with contextlib.suppress(OSError):
+        status = "; ".join(
+            e["message"][:200]
+            for e in harness.log_events(webhook.log_path, "")
+            if e.get("level") in ("warning", "error") and began <= e["at_ns"]
+        )[:1500]
+    return {
+        "globs": len(images),
+        "object_bytes": len(body),
+        "kubectl_create_s": round((created - began) / 1e9, 3),
+        "enforced_after_create_s": round((loaded - began) / 1e9, 3) if loaded else None,
+        "rejected": rejected,
+        "unloaded_after_delete_s": round((unloaded - deleting) / 1e9, 3) if unloaded else None,
+        "webhook_warnings": status,
+        "window_ns": (began, time.time_ns()),
+    }
+
+
+def _wait_for(condition: Callable[[], bool], within: float) -> int | None:
+    """Poll every 50 ms; the wall-clock ns when `condition` first held, or None."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return time.time_ns()
+        time.sleep(0.05)
+    return None
+
+
+def _big_pod(ctx: Context, webhook: harness.Webhook, max_body: int) -> dict[str, Any]:
+    images = [WARM_IMAGES[n % len(WARM_IMAGES)] for n in range(10_000)]
+    body = json.dumps(reviews.create("huge-pod", images)).encode()
+    if len(body) > max_body:
+        raise RuntimeError(
+            f"a 10,000-container review is {len(body)} bytes: raise --max-body-bytes"
+        )
+    client = harness.AdmissionClient(webhook.url(), ctx.tls.ca, timeout=30)
+    client.post(json.dumps(reviews.create("open", WARM_IMAGES)).encode())  # the connection
+    sends = []
+    began = time.time_ns()
+    for _ in range(3):
+        status, latency, answer = client.post(body)
+        decision: dict[str, Any] = {}
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            response = json.loads(answer)["response"]
+            patch = json.loads(base64.b64decode(response.get("patch") or "W10="))
+            decision = {
+                "allowed": response.get("allowed"),
+                "patch_operations": len(patch),
+                "message": str(response.get("status", {}).get("message", ""))[:200],
+            }
+        sends.append(
+            {
+                "status": status,
+                "latency_ms": round(latency * 1000, 1),
+                "answer_bytes": len(answer),
+            }
+            | decision
+        )
+        time.sleep(2)
+    client.close()
+    return {
+        "containers": len(images),
+        "body_bytes": len(body),
+        "sends": sends,
+        "window_ns": (began, time.time_ns()),
+    }
 
 
 # --------------------------------------------------------------------------
@@ -717,6 +1351,8 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "memory": memory,
     "outage": outage,
     "breakdown": breakdown,
+    "overload": overload,
+    "hostile": hostile,
 }
 
 
