@@ -238,16 +238,12 @@ class Stub:
     def start(self, **config: Any) -> Stub:
         """Start (or, after `stop()`, start again on the same port); `config` is in force
         before the first request is answered (as `configure()` fields)."""
-        module = (
-            ["bench.stub_process", "--config", json.dumps(config)]
-            if config
-            else ["tests.support.ecr_stub"]
-        )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
-                    "taskset", "-c", str(LOAD_CPU), sys.executable, "-m", module[0],
-                    "--port", str(self.port), "--latency-ms", str(self.latency_ms), *module[1:],
+                    "taskset", "-c", str(LOAD_CPU), sys.executable, "-m", "tests.support.ecr_stub",
+                    "--port", str(self.port), "--latency-ms", str(self.latency_ms),
+                    "--config", json.dumps(config),
                 ],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                 preexec_fn=_die_with_parent,

@@ -419,9 +419,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only answer for images added through /_stub/config",
     )
+    parser.add_argument(
+        "--config",
+        default="{}",
+        help="further StubConfig fields as JSON, in force before the first request"
+        ' (e.g. \'{"always": "hang"}\': a restart mid-outage answers no call normally)',
+    )
     arguments = parser.parse_args(argv)
     stub = EcrStub(host=arguments.host, port=arguments.port)
-    stub.configure(latency_ms=arguments.latency_ms, synthesize=not arguments.no_synthesize)
+    stub.configure(
+        latency_ms=arguments.latency_ms,
+        synthesize=not arguments.no_synthesize,
+        **json.loads(arguments.config),
+    )
     print(stub.url, flush=True)
     try:
         stub._server.serve_forever()
