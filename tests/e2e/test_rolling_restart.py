@@ -124,7 +124,7 @@ def test_three_rolling_restarts_of_two_replicas_fail_no_pod_creation(
     policy_crd: str,
     ecr: Any,
     loopback_tls: cluster.LoopbackTLS,
-    tmp_path: Path,
+    new_webhook: Any,
     proxy: ServiceProxy,
     make_namespace: Any,
     make_policy: Any,
@@ -136,16 +136,10 @@ def test_three_rolling_restarts_of_two_replicas_fail_no_pod_creation(
     ecr.push(repository, "v1")
 
     def make() -> WebhookProcess:
-        return WebhookProcess(
-            kubeconfig=control_plane.kubeconfig_path,
-            namespace="digestguard",
-            workdir=tmp_path,
-            ecr_endpoint_url=ecr.url,
-            certfile=loopback_tls.cert_file,
-            keyfile=loopback_tls.key_file,
-            cafile=loopback_tls.ca_file,
-            extra_args=["--shutdown-delay", SHUTDOWN_DELAY, "--log-level", "info"],
-        )
+        # A process as every e2e webhook's, registered here through the proxy instead.
+        arguments = ["--shutdown-delay", SHUTDOWN_DELAY, "--log-level", "info"]
+        process: WebhookProcess = new_webhook(extra_args=arguments).process
+        return process
 
     replicas = Replicas(make, proxy)
     stop = threading.Event()
