@@ -80,7 +80,11 @@ SERVE_FLAGS: Final = (
         "admissions answered at once; more are refused at once with HTTP 429 (the"
         " apiserver then applies the webhook's failurePolicy)",
     ),
-    Flag("max-connections", "1000", "open client connections; more are closed at once"),
+    Flag(
+        "max-connections",
+        "1000",
+        "open client connections, counted before TLS; more are reset as they are accepted",
+    ),
     Flag("shutdown-delay", "3s", "how long to stay up, not ready, after SIGTERM before draining"),
     Flag("log-level", "info", "debug, info, warning or error"),
 )

@@ -10,14 +10,17 @@ import contextlib
 import gzip
 import json
 import socket
+import ssl
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.support import cluster
 from webhook import metrics, names
 from webhook.serving import server
 
@@ -69,15 +72,21 @@ Served = tuple[str, HeldFn, server.AdmissionServer]
 
 
 @contextlib.asynccontextmanager
-async def serving(**limits: Any) -> AsyncIterator[Served]:
+async def serving(tls: cluster.LoopbackTLS | None = None, **limits: Any) -> AsyncIterator[Served]:
     fn = HeldFn()
     admission_server = server.AdmissionServer(
-        address="127.0.0.1", port=0, certfile=None, keyfile=None, answer_within=30.0, **limits
+        address="127.0.0.1",
+        port=0,
+        certfile=str(tls.cert_file) if tls else None,
+        keyfile=str(tls.key_file) if tls else None,
+        answer_within=30.0,
+        **limits,
     )
     configs = admission_server(fn)
     await configs.__anext__()
     try:
-        yield f"http://127.0.0.1:{admission_server.bound_port}", fn, admission_server
+        scheme = "https" if tls else "http"
+        yield f"{scheme}://127.0.0.1:{admission_server.bound_port}", fn, admission_server
     finally:
         fn.release.set()
         await configs.aclose()
@@ -288,6 +297,50 @@ async def test_connections_over_the_limit_are_closed_as_they_are_made() -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+async def test_tls_connections_over_the_limit_are_reset_before_any_handshake(
+    tmp_path: Path,
+) -> None:
+    tls = cluster.loopback_tls(tmp_path)
+    refused = counter("digestguard_connections_refused_total")
+    async with serving(tls, max_connections=2) as (url, fn, admission_server):
+        fn.release.set()
+        port = admission_server.bound_port
+        assert port is not None
+        # Two clients that connect and never say hello: mid-handshake, they hold slots.
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            await until(lambda: counter("digestguard_connections") == 2)
+            extra = socket.create_connection(("127.0.0.1", port))
+            with extra:
+                assert await asyncio.to_thread(_reads_eof, extra)
+            assert counter("digestguard_connections_refused_total") == refused + 1
+        finally:
+            for sock in held:
+                sock.close()
+        await until(lambda: counter("digestguard_connections") == 0)
+        context = ssl.create_default_context(cafile=str(tls.ca_file))
+        connector = aiohttp.TCPConnector(ssl=context)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            status, answer, _ = await post(session, f"{url}/{names.MUTATE_PODS}")
+        assert status == 200
+        assert answer["response"]["allowed"] is True
+
+
+async def test_memory_is_given_back_once_a_burst_of_connections_is_over() -> None:
+    async with serving() as (_, _, admission_server):
+        port = admission_server.bound_port
+        assert port is not None
+        assert admission_server.give_back_memory_after_a_burst() is False, "no burst yet"
+        burst = [socket.create_connection(("127.0.0.1", port)) for _ in range(server.BURST_OVER)]
+        await until(lambda: counter("digestguard_connections") == server.BURST_OVER)
+        assert admission_server.give_back_memory_after_a_burst() is False, "still in the burst"
+        for sock in burst:
+            sock.close()
+        await until(lambda: counter("digestguard_connections") == 0)
+        assert admission_server.give_back_memory_after_a_burst() is True
+        assert admission_server.give_back_memory_after_a_burst() is False, "once per burst"
 
 
 async def test_answers_close_their_connection_while_draining() -> None:
