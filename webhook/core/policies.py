@@ -132,14 +132,14 @@ class Policy:
             return False
         return self._included.matches(name)
 
-    # Made on first use: parsing (on every watch event) stays a check of each glob.
-    @functools.cached_property
-    def _included(self) -> "_GlobIndex":
-        return _GlobIndex(self.images)
+    # Built with the policy, where it is parsed (off the event loop), never by the first
+    # admission that asks: for 20,000 globs that is a third of a second.
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_included", _GlobIndex(self.images))
+        object.__setattr__(self, "_excluded", _GlobIndex(self.exclude_images))
 
-    @functools.cached_property
-    def _excluded(self) -> "_GlobIndex":
-        return _GlobIndex(self.exclude_images)
+    _included: "_GlobIndex" = dataclasses.field(init=False, repr=False, compare=False)
+    _excluded: "_GlobIndex" = dataclasses.field(init=False, repr=False, compare=False)
 
 
 class _GlobIndex:
