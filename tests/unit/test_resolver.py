@@ -304,12 +304,13 @@ async def test_a_newly_pushed_tag_is_found_once_the_negative_ttl_passes(
     assert answers[tag("v2")] == found("v2")
 
 
-async def test_unknown_is_never_cached(
+async def test_unknown_is_kept_only_for_the_failure_ttl(
     the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
 ) -> None:
     registry.images[tag("v1")] = outcomes.Unknown("KmsError")
     await resolve(the_resolver, clock, tag("v1"))
     registry.images[tag("v1")] = found("v1")
+    clock.advance(resolver.FAILURE_TTL)
 
     answers = await resolve(the_resolver, clock, tag("v1"))
 
@@ -317,12 +318,13 @@ async def test_unknown_is_never_cached(
     assert len(registry.lookups) == 2
 
 
-async def test_a_registry_error_is_never_cached(
+async def test_a_registry_error_is_kept_only_for_the_failure_ttl(
     the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
 ) -> None:
     registry.failure = errors.RegistryError("throttled")
     await resolve(the_resolver, clock, tag("v1"))
     registry.failure = None
+    clock.advance(resolver.FAILURE_TTL)
 
     await resolve(the_resolver, clock, tag("v1"))
 
@@ -731,3 +733,138 @@ async def test_a_probe_makes_a_single_attempt_where_a_call_would_retry(
         assert the_resolver.circuit(REGISTRY).state.value == "open"
     finally:
         await the_resolver.aclose()
+
+
+# Failures shared and remembered; refresh ahead
+
+
+async def _landed(the_resolver: resolver.Resolver) -> None:
+    """Wait until no lookup is in flight (one started in the background has landed)."""
+    for _ in range(3000):
+        if not the_resolver._digest_flights:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a lookup stayed in flight for 30 s")
+
+
+async def test_a_failed_lookup_is_not_repeated_for_a_moment(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.failure = errors.RegistryError("connection refused")
+
+    first = await resolve(the_resolver, clock, tag("v1"))
+    again = [await resolve(the_resolver, clock, tag("v1")) for _ in range(20)]
+
+    assert len(registry.lookups) == 1, "the failure was shared with the next admissions"
+    assert isinstance(first[tag("v1")], outcomes.Unknown)
+    assert all(answer == first for answer in again)
+    clock.advance(resolver.FAILURE_TTL)
+    await resolve(the_resolver, clock, tag("v1"))
+    assert len(registry.lookups) == 2, "asked again once the failure is a second old"
+
+
+async def test_a_remembered_failure_serves_the_stale_digest_at_once(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(61)  # expired
+    registry.failure = errors.RegistryError("connection refused")
+
+    answers = [await resolve(the_resolver, clock, tag("v1")) for _ in range(10)]
+
+    assert len(registry.lookups) == 2
+    assert all(a[tag("v1")].digest == digest_of("v1") for a in answers)  # type: ignore[union-attr]
+    assert all(a[tag("v1")].age_seconds == 61 for a in answers)  # type: ignore[union-attr]
+
+
+async def test_a_lookup_that_could_not_start_is_not_remembered_as_a_failure(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    # A deadline already past: the registry was never asked, so nothing is known of it.
+    await resolve(the_resolver, clock, tag("v1"), within=-1.0)
+    await _landed(the_resolver)
+    await resolve(the_resolver, clock, tag("v1"))
+    assert len(registry.lookups) == 1
+
+
+async def test_a_success_forgets_the_failure(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.failure = errors.RegistryError("throttled")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(resolver.FAILURE_TTL)
+    registry.failure = None
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(61)
+    registry.failure = errors.RegistryError("throttled")
+
+    await resolve(the_resolver, clock, tag("v1"))
+
+    assert len(registry.lookups) == 3, "the expired digest was looked up, not refused at once"
+
+
+async def test_registry_calls_stay_one_per_tag_per_second_whatever_the_admission_rate(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    """1,000 admissions a second of 10 tags, for 10 s, with a registry that fails every
+    call: at most one lookup per tag per failure TTL, however many admissions ask."""
+    the_resolver = resolver.Resolver(registry, failures_to_open=10**6, clock=clock)
+    registry.failure = errors.RegistryError("read timeout")
+    tags = [tag(f"t{n}") for n in range(10)]
+    try:
+        for _ in range(10):
+            for n in range(1000):
+                await resolve(the_resolver, clock, tags[n % 10])
+            clock.advance(1.0)
+    finally:
+        await the_resolver.aclose()
+    assert len(registry.lookups) <= 10 * 10
+
+
+async def test_a_tag_in_use_is_refreshed_before_it_expires(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(60 * (1 - resolver.REFRESH_AHEAD) + 1)  # near the end of its TTL
+    registry.images[tag("v1")] = found("v2")  # the tag moved
+
+    near_the_end = await resolve(the_resolver, clock, tag("v1"))
+    await _landed(the_resolver)
+    assert near_the_end[tag("v1")] == found("v1"), "answered from the cache, not waited"
+    assert len(registry.lookups) == 2, "refreshed in the background"
+    clock.advance(60 * resolver.REFRESH_AHEAD)  # past the first lookup's TTL
+    after = await resolve(the_resolver, clock, tag("v1"))
+
+    assert len(registry.lookups) == 2, "a hit: the refresh keeps the hot tag fresh"
+    assert after[tag("v1")] == found("v2")
+
+
+async def test_a_tag_not_used_is_not_refreshed(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(30)
+    await resolve(the_resolver, clock, tag("v1"))  # half way: no refresh yet
+    await _landed(the_resolver)
+    assert len(registry.lookups) == 1
+
+
+async def test_a_failed_refresh_does_not_extend_freshness(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(55)
+    registry.failure = errors.RegistryError("connection refused")
+    await resolve(the_resolver, clock, tag("v1"))  # starts a refresh, which fails
+    await _landed(the_resolver)
+    clock.advance(6)  # 61 s after the digest was resolved
+
+    answer = (await resolve(the_resolver, clock, tag("v1")))[tag("v1")]
+
+    assert isinstance(answer, outcomes.Found)
+    assert answer.age_seconds == 61, "served as stale, with its age, not as fresh"

@@ -11,8 +11,16 @@ its time budget:
   nothing shared (what a webhook that does not cache does; a benchmark baseline).
 - **Batching.** The cache misses of one call are grouped by repository: one
   `client.lookup` per repository, never one per image.
-- **Single-flight.** A query already being asked about is not asked again:
-  concurrent callers wait for the same registry call.
+- **Single-flight, whatever the outcome.** A query already being asked about is not
+  asked again: concurrent callers wait for the same registry call, and share its
+  answer, error or timeout alike. A query whose last call failed is not asked again
+  for `failure_ttl` either: it is answered "could not tell" at once (so stale-if-error
+  applies at once), or a burst of admissions past an expired entry would each start a
+  lookup against a registry that just failed.
+- **Refresh ahead.** A fresh `Found` that is used in the last `refresh_ahead` part of
+  its TTL is looked up again in the background, so a tag in use never makes an
+  admission wait for the registry; a tag nobody uses is not refreshed. The TTL still
+  bounds the age of a digest that is served fresh.
 - **Deadlines.** Blocking client calls run in a bounded thread pool, with the time
   left as their timeout. `resolve` answers by its deadline whatever the client does;
   a call still running then is abandoned, not cancelled, and its answer still
@@ -44,11 +52,17 @@ logger = logging.getLogger("digestguard.resolver")
 
 DIGESTS_CACHE: Final = "digests"
 MUTABILITY_CACHE: Final = "mutability"
+FAILURES_CACHE: Final = "failures"
 
 _STUCK_AFTER_SECONDS: Final = 30.0
 """A registry call this long past its deadline is not joined any more: a new one starts.
 
 Until then late callers join it rather than add load to a registry that is slow."""
+
+FAILURE_TTL: Final = 1.0
+"""Seconds for which a query whose lookup failed is answered "could not tell" at once."""
+REFRESH_AHEAD: Final = 0.2
+"""The last part of a Found's TTL in which a use of it starts a lookup in the background."""
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -79,6 +93,10 @@ class _LruCache(Generic[_K, _V]):
     def touch(self, key: _K) -> None:
         if key in self._entries:
             self._entries.move_to_end(key)
+
+    def discard(self, key: _K) -> None:
+        if self._entries.pop(key, None) is not None:
+            self._report()
 
     def put(self, key: _K, value: _V, stored_at: float) -> None:
         self._entries[key] = (value, stored_at)
@@ -169,15 +187,20 @@ class Resolver:
         workers: int = 16,
         failures_to_open: int = breaker.FAILURES_TO_OPEN,
         cool_down: float = breaker.COOL_DOWN_SECONDS,
+        failure_ttl: float = FAILURE_TTL,
+        refresh_ahead: float = REFRESH_AHEAD,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._ttl = ttl
+        self._failure_ttl = failure_ttl
+        self._refresh_at = ttl * (1.0 - refresh_ahead)
         self._negative_ttl = negative_ttl
         self._mutability_ttl = mutability_ttl
         self._clock = clock
         self._shared = max_entries > 0
         self._digests = _DigestCache(max_entries)
+        self._failures: _LruCache[_Key, str] = _LruCache(FAILURES_CACHE, max_entries)
         self._mutabilities: _LruCache[outcomes.Repository, outcomes.TagMutability] = _LruCache(
             MUTABILITY_CACHE, max_entries
         )
@@ -204,14 +227,21 @@ class Resolver:
         to_ask: dict[outcomes.Repository, list[outcomes.Query]] = {}
         unshared: list[tuple[outcomes.Repository, list[outcomes.Query]]] = []
         probing: dict[outcomes.Query, outcomes.Outcome] = {}
+        to_refresh: dict[outcomes.Repository, list[outcomes.Query]] = {}
         for query in queries:
             entry = self._digests.get(query)
             if entry is not None and self._is_fresh(entry, now):
                 self._digests.touch(query)
                 answers[query] = entry.value
+                if self._due_for_refresh(query, entry, now):
+                    to_refresh.setdefault(query.repository, []).append(query)
                 continue
             flight = _joinable(self._digest_flights, query, now) if self._shared else None
-            if flight is not None and self._probing(query.repository):
+            failure = self._recent_failure(query, now) if flight is None else None
+            if failure is not None:
+                # Asked a moment ago, and the registry could not tell: not asked again yet.
+                probing[query] = outcomes.Unknown(failure)
+            elif flight is not None and self._probing(query.repository):
                 # The flight is the circuit's probe of a registry that was failing: not
                 # waited for, or every admission of its tag waits out a registry that
                 # may still hang. Answered as the open circuit answers the others.
@@ -226,6 +256,14 @@ class Resolver:
                 unshared.append((query.repository, [query]))
         hits = len(answers)
 
+        for repository, batch in to_refresh.items():
+            # Not waited for: the answers above are fresh; this one keeps them so.
+            self._start(
+                self._digest_flights,
+                batch,
+                deadline,
+                functools.partial(self._lookup, repository, batch, deadline),
+            )
         for repository, batch in [*to_ask.items(), *unshared]:
             flight = self._start(
                 self._digest_flights,
@@ -298,6 +336,27 @@ class Resolver:
         self._mutability_flights.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _due_for_refresh(
+        self, query: outcomes.Query, entry: _Entry[outcomes.Found | outcomes.Missing], now: float
+    ) -> bool:
+        return (
+            self._shared
+            and isinstance(entry.value, outcomes.Found)
+            and now - entry.stored_at >= self._refresh_at
+            and query not in self._digest_flights
+            and not self._probing(query.repository)
+            and self._recent_failure(query, now) is None
+        )
+
+    def _recent_failure(self, query: outcomes.Query, now: float) -> str | None:
+        """What the registry said, if a lookup of `query` failed within `failure_ttl`."""
+        if not self._shared:
+            return None
+        failure = self._failures.get(_key(query))
+        if failure is None or now - failure.stored_at >= self._failure_ttl:
+            return None
+        return failure.value
+
     def _is_fresh(self, entry: _Entry[outcomes.Found | outcomes.Missing], now: float) -> bool:
         ttl = self._ttl if isinstance(entry.value, outcomes.Found) else self._negative_ttl
         return now - entry.stored_at < ttl
@@ -327,8 +386,11 @@ class Resolver:
     def _remember(self, query: outcomes.Query, outcome: outcomes.Outcome, now: float) -> None:
         if isinstance(outcome, outcomes.Found | outcomes.Missing):
             self._digests.put(query, outcome, now)
-        # Unknown and Corrupt are not answers to keep; a Found already kept stays for
-        # stale-if-error.
+            self._failures.discard(_key(query))
+        elif isinstance(outcome, outcomes.Unknown):
+            # Not an answer to keep, but not to ask again about at once either. A Found
+            # already kept stays for stale-if-error.
+            self._failures.put(_key(query), outcome.message, now)
 
     def _probing(self, repository: outcomes.Repository) -> bool:
         circuit = self._breakers.get(repository.registry)
@@ -357,7 +419,9 @@ class Resolver:
         """
         circuit = self.circuit(repository.registry)
         if not circuit.allow():
-            raise errors.RegistryError(circuit.refusal())
+            # Not a failure to remember per tag: the circuit already answers at once, and
+            # remembering would delay fresh answers once it closes.
+            raise errors.NotAttempted(circuit.refusal())
         probe = circuit.state is breaker.State.HALF_OPEN
         try:
             result = await self._in_thread(deadline, call, one_attempt=probe)
@@ -391,7 +455,13 @@ class Resolver:
                 lambda timeout: self._client.lookup(repository, batch, timeout=timeout),
             )
         except errors.RegistryError as exc:
-            return dict.fromkeys(batch, outcomes.Unknown(f"{repository}: {exc}"))
+            failed = outcomes.Unknown(f"{repository}: {exc}")
+            # No call made (deadline passed, circuit open): nothing learnt about this tag.
+            if not isinstance(exc, errors.NotAttempted):
+                now = self._clock()
+                for query in batch:
+                    self._remember(query, failed, now)
+            return dict.fromkeys(batch, failed)
         results: dict[outcomes.Query, outcomes.Outcome] = {}
         now = self._clock()
         for query in batch:
