@@ -9,6 +9,8 @@ import dataclasses
 import gc
 import logging
 import signal
+import sys
+from typing import Final
 
 from webhook import errors
 from webhook.core import references
@@ -47,12 +49,24 @@ class Config:
     registry_ca_file: str = ""
     max_body_bytes: int = server.DEFAULT_MAX_BODY_BYTES
     max_inflight: int = server.DEFAULT_MAX_INFLIGHT
+    max_deciding: int = server.DEFAULT_MAX_DECIDING
     max_connections: int = server.DEFAULT_MAX_CONNECTIONS
     shutdown_delay: float = 3.0
 
 
+GIL_SWITCH_INTERVAL: Final = 0.001
+"""Seconds a thread may hold the GIL while another waits for it (Python's default: 5 ms).
+
+Work that grows with the input (a pod of thousands of containers, a policy of
+thousands of globs) runs in threads so the event loop goes on answering; but each
+time the loop gives up the GIL it waited up to 5 ms to get it back. Measured with a
+10,000-container pod being decided: small admissions beside it took p50 18.8 ms at
+5 ms, 6.5 ms at 1 ms. With only the event loop running it costs nothing."""
+
+
 async def run(config: Config) -> None:
     """Build the webhook from `config` and serve until SIGTERM (after the shutdown delay)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     # First: a bad --insecure-registries or --registry-ca-file stops the start at once.
     oci_client = oci.OciClient(
         insecure_registries=config.insecure_registries,
@@ -95,6 +109,8 @@ async def run(config: Config) -> None:
         answer_within=config.resolve_deadline + 1.0,
         max_body_bytes=config.max_body_bytes,
         max_inflight=config.max_inflight,
+        max_deciding=config.max_deciding,
+        waiting_on_registry=lambda: the_admission.waiting_on_registry,
         max_connections=config.max_connections,
     )
     tls: secret.SelfManagedTLS | None = None

@@ -56,7 +56,12 @@ SERVE_FLAGS: Final = (
     Flag("validating-webhook-configuration", "digestguard", "gets the self-managed caBundle"),
     Flag("tls-dir", "/tmp/tls", "where self-managed certificate files are written"),
     Flag("resolve-deadline", "5s", "time budget for all registry lookups of one admission"),
-    Flag("cache-ttl", "60s", "how long a resolved tag is trusted without asking again"),
+    Flag(
+        "cache-ttl",
+        "60s",
+        "how long a resolved tag is trusted; one in use is refreshed in the background"
+        " before that ends",
+    ),
     Flag("negative-cache-ttl", "5s", "how long 'image not found' is remembered"),
     Flag("mutability-cache-ttl", "10m", "how long a repository's tag mutability is remembered"),
     Flag(
@@ -81,8 +86,14 @@ SERVE_FLAGS: Final = (
         " apiserver then applies the webhook's failurePolicy)",
     ),
     Flag(
+        "max-deciding",
+        "32",
+        "of those, admissions being decided at once (not waiting on a registry); the next"
+        " waits up to 50 ms for a turn, then gets HTTP 429",
+    ),
+    Flag(
         "max-connections",
-        "1000",
+        "400",
         "open client connections, counted before TLS; more are reset as they are accepted",
     ),
     Flag("shutdown-delay", "3s", "how long to stay up, not ready, after SIGTERM before draining"),
@@ -181,6 +192,7 @@ def serve_config(options: argparse.Namespace) -> app.Config:
         registry_ca_file=options.registry_ca_file,
         max_body_bytes=_integer(options.max_body_bytes, "max-body-bytes", least=1024),
         max_inflight=_integer(options.max_inflight, "max-inflight", least=1),
+        max_deciding=_integer(options.max_deciding, "max-deciding", least=1),
         max_connections=_integer(options.max_connections, "max-connections", least=1),
         shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
     )

@@ -414,7 +414,8 @@ def test_default_args_match_the_serve_contract(defaults: Rendered) -> None:
         "cache-max-entries": "100000",
         "registry-workers": "16",
         "max-inflight": "200",
-        "max-connections": "1000",
+        "max-deciding": "32",
+        "max-connections": "400",
         "max-body-bytes": "16777216",
         "shutdown-delay": "3s",
         "log-level": "info",
@@ -425,6 +426,7 @@ def test_the_chart_defaults_of_the_limits_are_the_flag_defaults(defaults: Render
     # One default for each: `helm install` and `digestguard serve` without flags agree.
     chosen = {
         "max-inflight",
+        "max-deciding",
         "max-connections",
         "max-body-bytes",
         "shutdown-delay",

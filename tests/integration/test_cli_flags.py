@@ -83,6 +83,7 @@ def test_every_flag_reaches_the_one_config_object() -> None:
         *("--mutability-cache-ttl", "1m", "--cache-max-entries", "10", "--registry-workers", "4"),
         *("--ecr-endpoint-url", "http://127.0.0.1:1", "--insecure-registries", "reg:80, r2:5000"),
         *("--max-body-bytes", "4096", "--max-inflight", "7", "--max-connections", "9"),
+        *("--max-deciding", "5"),
         *(
             "--shutdown-delay",
             "0s",
@@ -112,6 +113,7 @@ def test_every_flag_reaches_the_one_config_object() -> None:
         registry_ca_file="",
         max_body_bytes=4096,
         max_inflight=7,
+        max_deciding=5,
         max_connections=9,
         shutdown_delay=0.0,
     )

@@ -132,6 +132,40 @@ async def test_admissions_over_the_limit_are_refused_at_once_not_queued() -> Non
         assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
 
 
+async def test_admissions_over_the_deciding_limit_wait_briefly_then_are_refused() -> None:
+    async with (
+        serving(max_deciding=2) as (url, fn, _),
+        aiohttp.ClientSession() as session,
+    ):
+        held = [asyncio.create_task(post(session, f"{url}/{names.MUTATE_PODS}")) for _ in range(2)]
+        await until(lambda: fn.entered >= 2)
+
+        status, answer, response = await post(session, f"{url}/{names.MUTATE_PODS}")
+
+        assert status == 429
+        assert "deciding 2 admissions already" in answer["response"]["status"]["message"]
+        assert response.headers["Retry-After"] == "1"
+        assert fn.entered == 2
+        fn.release.set()
+        assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
+
+
+async def test_admissions_waiting_on_a_registry_do_not_count_as_being_decided() -> None:
+    waiting = [0]
+    async with (
+        serving(max_deciding=2, waiting_on_registry=lambda: waiting[0]) as (url, fn, _),
+        aiohttp.ClientSession() as session,
+    ):
+        held = [asyncio.create_task(post(session, f"{url}/{names.MUTATE_PODS}")) for _ in range(2)]
+        await until(lambda: fn.entered >= 2)
+        waiting[0] = 2  # both are now waiting for registry lookups
+
+        third = asyncio.create_task(post(session, f"{url}/{names.MUTATE_PODS}"))
+        await until(lambda: fn.entered >= 3)
+        fn.release.set()
+        assert [s for s, _, _ in await asyncio.gather(*held, third)] == [200, 200, 200]
+
+
 async def test_a_refused_admission_is_counted() -> None:
     before = counter("digestguard_admissions_refused_total", {"reason": "overloaded"})
     async with serving(max_inflight=1) as (url, fn, _), aiohttp.ClientSession() as session:

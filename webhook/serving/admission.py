@@ -106,6 +106,8 @@ class Admission:
     clock: Callable[[], float] = time.monotonic
     indexes_loaded: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     _parsed: "_ParsedPolicies" = dataclasses.field(default_factory=lambda: _ParsedPolicies())
+    waiting_on_registry: int = dataclasses.field(default=0, init=False)
+    """Admissions whose handler is waiting for registry lookups now."""
 
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
@@ -258,10 +260,17 @@ class Admission:
         )
         if not the_plan.subjects:
             return None
-        results, mutabilities = await asyncio.gather(
-            self.resolver.resolve(the_plan.queries, deadline=deadline),
-            self.resolver.mutability(the_plan.repositories_for_mutability, deadline=deadline),
-        )
+        # Counted as waiting on the registry, not as being decided (see the server's
+        # `max_deciding`). Answered from the cache, this returns without yielding:
+        # nothing else sees the count.
+        self.waiting_on_registry += 1
+        try:
+            results, mutabilities = await asyncio.gather(
+                self.resolver.resolve(the_plan.queries, deadline=deadline),
+                self.resolver.mutability(the_plan.repositories_for_mutability, deadline=deadline),
+            )
+        finally:
+            self.waiting_on_registry -= 1
         return await _run(
             offload, functools.partial(decisions.decide, the_plan, results, mutabilities)
         )

@@ -9,7 +9,9 @@ It is in front of every pod creation with `failurePolicy: Fail`, so it bounds wh
 any client can make it do:
 
 - at most `max_inflight` admissions at once; the next one is refused at once
-  (HTTP 429), and the apiserver applies the webhook's failurePolicy;
+  (HTTP 429), and the apiserver applies the webhook's failurePolicy; of those, at
+  most `max_deciding` being decided (not waiting on a registry): the next waits up
+  to `TURN_WAIT` for one to finish, then is refused;
 - the apiserver's own deadline (the `timeout` query parameter) ends the work: the
   answer is sent before it, and a handler whose client went away is cancelled;
 - at most `max_connections` connections, counted from the moment one is accepted: one
@@ -25,6 +27,7 @@ promptly however busy the admission loop is.
 """
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import ctypes
@@ -54,7 +57,22 @@ DEFAULT_MAX_INFLIGHT: Final = 200
 """Admissions answered at once by one process. A warm admission costs about 1 ms of
 CPU, so 200 in flight is well over what a core sustains within a second; the rest
 wait on the registry, which the resolver bounds by its deadline."""
-DEFAULT_MAX_CONNECTIONS: Final = 1000
+DEFAULT_MAX_DECIDING: Final = 32
+"""Admissions being decided at once (their body read, not waiting on a registry).
+
+A warm admission is ~1 ms of CPU spread over several turns of the event loop, and
+every turn runs a step of each admission being decided: with hundreds at once each
+took hundreds of milliseconds, and at 4x the sustainable rate none was answered
+within a second. 32 keeps a turn to a few milliseconds; admissions waiting on a
+registry do not count (they cost nothing meanwhile), so cold bursts are not refused."""
+TURN_WAIT: Final = 0.05
+"""Seconds an admission over `max_deciding` waits for one to finish before its 429:
+room for a burst (a ReplicaSet's batch of pods) without queueing under overload."""
+DEFAULT_MAX_CONNECTIONS: Final = 400
+"""Twice the admissions answered at once: room for the apiservers' idle keep-alive
+connections beside the busy ones. Each connection over the admissions in flight can
+only queue a request to be refused; bounding them bounds how long a refusal waits
+(every ready connection is read in each turn of the event loop)."""
 DEFAULT_REQUEST_READ_TIMEOUT: Final = 10.0
 DEFAULT_KEEPALIVE_TIMEOUT: Final = 120.0
 """Longer than the 90 s after which Go's HTTP client (the apiserver's) drops an idle
@@ -114,6 +132,8 @@ class AdmissionServer:
         answer_within: float,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        max_deciding: int = DEFAULT_MAX_DECIDING,
+        waiting_on_registry: Callable[[], int] = lambda: 0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         request_read_timeout: float = DEFAULT_REQUEST_READ_TIMEOUT,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
@@ -126,6 +146,10 @@ class AdmissionServer:
         self.answer_within = answer_within
         self.max_body_bytes = max_body_bytes
         self.max_inflight = max_inflight
+        self.max_deciding = max_deciding
+        self._waiting_on_registry = waiting_on_registry
+        self._deciding = 0
+        self._turns: collections.deque[asyncio.Future[None]] = collections.deque()
         self.max_connections = max_connections
         self.request_read_timeout = request_read_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -337,6 +361,8 @@ class AdmissionServer:
         metrics.ADMISSION_SECONDS.labels(handler_id).observe(time.perf_counter() - started)
         if (http.content_length or 0) > LARGE or len(payload.get("patch") or "") > LARGE:
             return await asyncio.to_thread(_json, status, response)
+        if status == 429:
+            return _json(status, response, headers={"Retry-After": "1"})
         return _json(status, response)
 
     async def _review(
@@ -359,6 +385,30 @@ class AdmissionServer:
         connection = _connection_of(http)
         if connection is not None:
             connection.request_read()
+        # Before the body is decoded: a refusal costs as little as it can.
+        if not await self._take_turn():
+            metrics.ADMISSIONS_REFUSED.labels("overloaded").inc()
+            message = (
+                f"digestguard is deciding {self.max_deciding} admissions already (its limit)"
+                " and none finished in time; this one is refused rather than queued"
+            )
+            return 429, reviews.refusal("", 429, message)
+        self._deciding += 1
+        try:
+            return await self._decide(http, fn, handler_id, budget, deadline, body)
+        finally:
+            self._deciding -= 1
+            self._next_turn()
+
+    async def _decide(
+        self,
+        http: aiohttp.web.Request,
+        fn: ReviewFn,
+        handler_id: str,
+        budget: float,
+        deadline: float,
+        body: bytes,
+    ) -> tuple[int, Any]:
         try:
             # A review of megabytes (a pod of thousands of containers) is parsed in a
             # thread: tens of milliseconds the event loop spends on other admissions.
@@ -413,6 +463,42 @@ class AdmissionServer:
             logger.exception("admission failed", extra={"uid": request.uid, "handler": handler_id})
             return 200, reviews.refusal(request.uid, 500, f"digestguard failed: {_clip(error)}")
         return 200, response
+
+    def _busy(self) -> bool:
+        return self._deciding - self._waiting_on_registry() >= self.max_deciding
+
+    async def _take_turn(self) -> bool:
+        """Whether this admission may be decided now, after waiting up to `TURN_WAIT`.
+
+        When as many already wait as are being decided, the queue is standing, not a
+        burst: refused at once, since waiting would only end in the same refusal."""
+        if not self._busy():
+            return True
+        if len(self._turns) >= self.max_deciding:
+            return False
+        loop = asyncio.get_running_loop()
+        until = loop.time() + TURN_WAIT
+        while (left := until - loop.time()) > 0:
+            turn: asyncio.Future[None] = loop.create_future()
+            self._turns.append(turn)
+            try:
+                await asyncio.wait_for(turn, left)
+            except TimeoutError:
+                pass
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._turns.remove(turn)
+            if not self._busy():
+                return True
+        return not self._busy()
+
+    def _next_turn(self) -> None:
+        """Wake the admission that has waited longest for a turn."""
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
 
 
 class HealthServer:

@@ -240,6 +240,7 @@ matchExpressions:
 - --cache-max-entries={{ int64 .Values.resolver.cacheMaxEntries }}
 - --registry-workers={{ int64 .Values.resolver.registryWorkers }}
 - --max-inflight={{ int64 .Values.server.maxInflight }}
+- --max-deciding={{ int64 .Values.server.maxDeciding }}
 - --max-connections={{ int64 .Values.server.maxConnections }}
 - --max-body-bytes={{ int64 .Values.server.maxBodyBytes }}
 - --shutdown-delay={{ .Values.server.shutdownDelay }}
