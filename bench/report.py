@@ -613,9 +613,9 @@ def _overload(document: dict[str, Any]) -> str:
         name = f"{run['factor']}x"
         targets += [
             [
-                f"{name}: the sustainable rate still answered (200) within 1 s",
+                f"{name}: 90% of the sustainable rate still answered (200) within 1 s",
                 f"{run['served_share_of_sustainable']:.1%} of {run['sustainable_rate']}/s",
-                _verdict(run["served_share_of_sustainable"] >= 0.99),
+                _verdict(run["served_share_of_sustainable"] >= 0.90),
             ],
             [
                 f"{name}: the excess refused (429) within 10 ms",
@@ -664,6 +664,42 @@ def _overload(document: dict[str, Any]) -> str:
         ]
         for run in results["runs"]
     ]
+    expiring = results.get("expiring")
+    expiring_part = []
+    if expiring:
+        expiring_part = [
+            "Cache entries expiring under overload (issue 12): a second webhook with"
+            f" {expiring['variant']}, at 2x = {expiring['rate']}/s for"
+            f" {results['duration_s']:g} s, the same probes after it. ECR calls counted by"
+            " the stub; the floor is one BatchGetImage per repository (3) per TTL over the"
+            " run.\n",
+            _table(
+                [
+                    "ECR calls",
+                    "floor",
+                    "admissions",
+                    "calls per 1,000 admissions",
+                    "served / sustainable",
+                    "served p99 ms",
+                    "429s",
+                    "max RSS MiB",
+                    "recovered after s",
+                ],
+                [
+                    [
+                        expiring["ecr_calls"],
+                        expiring["ecr_calls_floor"],
+                        expiring["admissions"],
+                        expiring["ecr_calls_per_1000_admissions"],
+                        expiring["served_share_of_sustainable"],
+                        expiring["served_latency"]["p99_ms"],
+                        expiring["refused_429"],
+                        expiring["rss_max_kib"] / 1024,
+                        expiring["recovery_s"],
+                    ]
+                ],
+            ),
+        ]
     return "\n".join(
         [
             "## 8 — Overload: 2x and 4x the sustainable warm rate\n",
@@ -713,6 +749,7 @@ def _overload(document: dict[str, Any]) -> str:
                 ],
                 memory,
             ),
+            *expiring_part,
         ]
     )
 
@@ -760,9 +797,14 @@ def _hostile(document: dict[str, Any]) -> str:
         ],
         [
             "idle TLS connections (no byte after the handshake) cut",
-            f"{idle.get('closed_by_server')} of {idle.get('connections')} closed in"
-            f" {idle.get('seconds')} s",
-            _verdict(bool(idle) and idle["closed_by_server"] >= idle["connections"]),
+            f"{idle.get('connections')} connections, re-opened when closed: held"
+            f" {json.dumps(idle.get('held_s'))} s; {idle.get('closed_by_server')} closes"
+            f" in {idle.get('seconds')} s",
+            _verdict(
+                bool(idle)
+                and idle["closed_by_server"] >= idle["connections"]
+                and (idle["held_s"]["max"] or 1e9) <= 15
+            ),
         ],
         [
             "wide glob vs a 4 KiB name: < 1 ms per match",

@@ -881,7 +881,57 @@ def overload(ctx: Context) -> dict[str, Any]:
             run["idle_rss_kib"] = results["idle_rss_kib"]
             results["runs"].append(run)
             log(f"overload {factor}x: {json.dumps(_overload_brief(run))}")
+        results["expiring"] = _expiring_under_overload(
+            ctx, stub, sustainable, duration, warmup, probe_for, normal_ms
+        )
+        results["expiring"]["idle_rss_kib"] = results["idle_rss_kib"]
     return results
+
+
+EXPIRING_TTL_S = 2.0
+EXPIRING_ECR_MS = 20
+
+
+def _expiring_under_overload(
+    ctx: Context,
+    stub: harness.Stub,
+    sustainable: int,
+    duration: float,
+    warmup: float,
+    probe_for: float,
+    normal_ms: float,
+) -> dict[str, Any]:
+    """2x the sustainable rate with cache entries expiring every 2 s: how many ECR calls.
+
+    One BatchGetImage per repository per TTL is the floor (the three images are in three
+    repositories); more means admissions past an expired entry each started a lookup."""
+    stub.configure(latency_ms=EXPIRING_ECR_MS)
+    ttl = f"{EXPIRING_TTL_S:g}s"
+    with ctx.webhook(stub, "--cache-ttl", ttl) as webhook:
+        targets = pod_targets(ctx, "expiring", webhook.url(), 2000, lambda _: WARM_IMAGES)
+        prime(webhook.url(), ctx.tls.ca, WARM_IMAGES)
+        calls_before, began = stub.calls(), time.monotonic()
+        run = _overload_run(
+            ctx, webhook, targets, sustainable, 2, duration, warmup, probe_for, normal_ms
+        )
+        calls, seconds = stub.calls() - calls_before, time.monotonic() - began
+    repositories = len({image.rsplit(":", 1)[0] for image in WARM_IMAGES})
+    admissions = run["requests_sent"] + len(run["probes"])
+    run.update(
+        {
+            "variant": f"--cache-ttl {ttl}, ECR answering in {EXPIRING_ECR_MS} ms",
+            "ecr_calls": calls,
+            "seconds": round(seconds, 1),
+            "admissions": admissions,
+            "ecr_calls_per_1000_admissions": round(calls / admissions * 1000, 3),
+            "ecr_calls_floor": round(repositories * seconds / EXPIRING_TTL_S),
+        }
+    )
+    log(
+        f"overload expiring: {calls} ECR calls in {seconds:.0f} s for {admissions} admissions"
+        f" (floor {run['ecr_calls_floor']}); {json.dumps(_overload_brief(run))}"
+    )
+    return run
 
 
 def _probes(url: str, ca: Path, *, seconds: float, every: float = 0.1) -> list[dict[str, Any]]:
