@@ -868,3 +868,55 @@ async def test_a_failed_refresh_does_not_extend_freshness(
 
     assert isinstance(answer, outcomes.Found)
     assert answer.age_seconds == 61, "served as stale, with its age, not as fresh"
+
+
+async def _asked(registry: FakeRegistry, calls: int) -> None:
+    """Wait until the registry has been called `calls` times."""
+    for _ in range(3000):
+        if len(registry.lookups) >= calls:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{calls} registry calls were not made within 30 s")
+
+
+async def test_admissions_waiting_on_a_hung_call_are_answered_when_the_circuit_opens(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    """A call started before the outage was seen hangs with it; its admissions stop
+    waiting for it as soon as other calls open the circuit, not at their deadline."""
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(61)  # expired: the next admission asks again
+    registry.hang()
+    waiting = asyncio.create_task(resolve(the_resolver, clock, tag("v1")))
+    await _asked(registry, 2)  # the call is out, and hangs
+    circuit = the_resolver.circuit(REGISTRY)
+    for _ in range(3):  # other calls to this registry fail meanwhile
+        circuit.failed("connection refused")
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+    assert waiting.done(), "still waiting for the hung call"
+    answer = waiting.result()[tag("v1")]
+    assert isinstance(answer, outcomes.Found), "the stale digest, within max_stale"
+    assert answer.age_seconds == 61
+    assert registry.gate.is_set() is False, "answered while the registry still hangs"
+
+
+async def test_a_circuit_that_opens_ends_only_the_waits_on_its_own_registry(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    other = outcomes.Repository("210987654321.dkr.ecr.eu-west-1.amazonaws.com", "team/app")
+    registry.hang()
+    waiting = asyncio.create_task(
+        resolve(the_resolver, clock, tag("v1"), outcomes.Query(other, tag="v1"))
+    )
+    await _asked(registry, 2)
+    for _ in range(3):
+        the_resolver.circuit(other.registry).failed("connection refused")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done(), "still waiting for the registry whose circuit is closed"
+    registry.release()
+    answers = await waiting
+    assert isinstance(answers[tag("v1")], outcomes.Missing)

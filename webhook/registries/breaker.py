@@ -17,6 +17,7 @@ works. The endpoint is the registry host: for ECR that is one account in one reg
 (`<account>.dkr.ecr.<region>.amazonaws.com`), for any other registry its host.
 """
 
+import asyncio
 import enum
 import logging
 import time
@@ -58,6 +59,7 @@ class Breaker:
         self._failures = 0
         self._opened_at = 0.0
         self._last_problem = ""
+        self._on_open: list[asyncio.Future[None]] = []
         _report(endpoint, self._state)
 
     @property
@@ -72,6 +74,13 @@ class Breaker:
             self._move(State.HALF_OPEN, "probing whether the registry is back")
             return True
         return False
+
+    def opening(self) -> "asyncio.Future[None]":
+        """Done when the circuit next opens: who waits on a call to this endpoint stops."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._on_open = [f for f in self._on_open if not f.done()]
+        self._on_open.append(future)
+        return future
 
     def refusal(self) -> str:
         """Why a call was not let through, for the admission's message."""
@@ -96,6 +105,11 @@ class Breaker:
 
     def _move(self, state: State, why: str) -> None:
         previous, self._state = self._state, state
+        if state is State.OPEN:
+            waiting, self._on_open = self._on_open, []
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
         _report(self.endpoint, state)
         metrics.REGISTRY_CIRCUIT_TRANSITIONS.labels(self.endpoint, state.value).inc()
         log = logger.warning if state is State.OPEN else logger.info

@@ -273,14 +273,12 @@ class Resolver:
             )
             waiting.update(dict.fromkeys(batch, flight))
 
-        fresh = await self._wait(waiting, deadline)
+        fresh = await self._wait(waiting, deadline, lambda query: query.repository.registry)
         fresh.update(probing)
         now = self._clock()
         stale = 0
         for query in [*waiting, *probing]:
-            outcome = fresh.get(query) or outcomes.Unknown(
-                f"{query}: the registry did not answer within the deadline"
-            )
+            outcome = fresh.get(query) or self._unanswered(query)
             answer = self._stale_if_error(query, outcome, queries[query], now)
             stale += answer is not outcome
             answers[query] = answer
@@ -314,7 +312,7 @@ class Resolver:
             waiting[repository] = flight
         hits = len(answers)
 
-        fresh = await self._wait(waiting, deadline)
+        fresh = await self._wait(waiting, deadline, lambda repository: repository.registry)
         for repository in waiting:
             answers[repository] = fresh.get(repository) or outcomes.Unknown(
                 f"{repository}: the registry did not answer within the deadline"
@@ -335,6 +333,13 @@ class Resolver:
         self._digest_flights.clear()
         self._mutability_flights.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _unanswered(self, query: outcomes.Query) -> outcomes.Unknown:
+        """Why a query waited on a call has no answer: its circuit opened, or time ran out."""
+        if self._probing(query.repository):
+            refusal = self.circuit(query.repository.registry).refusal()
+            return outcomes.Unknown(f"{query.repository}: {refusal}")
+        return outcomes.Unknown(f"{query}: the registry did not answer within the deadline")
 
     def _due_for_refresh(
         self, query: outcomes.Query, entry: _Entry[outcomes.Found | outcomes.Missing], now: float
@@ -528,11 +533,43 @@ class Resolver:
         task.add_done_callback(self._tasks.discard)
         return flight
 
-    async def _wait(self, waiting: Mapping[_K, _Flight[Any, _V]], deadline: float) -> dict[_K, _V]:
-        """What the flights answered by the deadline; keys still in flight are left out."""
-        tasks = {flight.task for flight in waiting.values()}
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(0.0, deadline - self._clock()))
+    async def _wait(
+        self,
+        waiting: Mapping[_K, _Flight[Any, _V]],
+        deadline: float,
+        registry_of: Callable[[_K], str],
+    ) -> dict[_K, _V]:
+        """What the flights answered by the deadline; keys still in flight are left out.
+
+        The flights of a registry whose circuit opens meanwhile are not waited for any
+        more: a call started before the outage was seen (and hanging with it) would
+        otherwise hold its admissions until the deadline."""
+        pending: dict[str, set[asyncio.Task[Any]]] = {}
+        for key, flight in waiting.items():
+            pending.setdefault(registry_of(key), set()).add(flight.task)
+        opening: dict[asyncio.Future[None], str] = {}
+        for registry in pending:
+            circuit = self._breakers.get(registry)
+            if circuit is not None and circuit.state is breaker.State.CLOSED:
+                opening[circuit.opening()] = registry
+        try:
+            while any(pending.values()):
+                left = deadline - self._clock()
+                if left <= 0:
+                    break
+                tasks = set().union(*pending.values())
+                done, _ = await asyncio.wait(
+                    tasks | set(opening), timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break
+                for registry in pending:
+                    pending[registry] -= done
+                for future in done & set(opening):
+                    pending.pop(opening.pop(future), None)
+        finally:
+            for future in opening:
+                future.cancel()
         answered: dict[_K, _V] = {}
         for key, flight in waiting.items():
             task = flight.task
