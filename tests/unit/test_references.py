@@ -1,6 +1,7 @@
 """The image reference grammar, Docker Hub normalisation, pinning, and ECR registry hosts."""
 
 import hashlib
+import sys
 
 import pytest
 from hypothesis import assume, given, settings
@@ -787,3 +788,11 @@ def test_arbitrary_text_never_raises_anything_but_invalid_reference(text: str) -
 def test_arbitrary_host_text_is_either_ecr_or_none(text: str) -> None:
     result = references.parse_ecr_host(text)
     assert result is None or isinstance(result, references.EcrRegistry)
+
+
+@pytest.mark.parametrize(
+    "space", [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()], ids=ord
+)
+def test_every_unicode_whitespace_inside_a_reference_is_refused(space: str) -> None:
+    with pytest.raises(errors.InvalidReference, match="whitespace inside"):
+        references.parse(f"registry.example/team/app{space}x:v1")

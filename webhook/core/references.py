@@ -43,6 +43,8 @@ _HTTPS_PORT: Final = 443
 _HTTP_PORT: Final = 80
 # ASCII only, as in Go's `\w`: Python's `\w` would also accept letters of every script.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_WHITESPACE = re.compile(r"\s")
+"""What `str.isspace` calls whitespace: both use the same Unicode table."""
 _DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
 _DIGEST_HEX_LENGTHS: Final = {"sha256": 64, "sha384": 96, "sha512": 128}
 
@@ -101,7 +103,7 @@ def parse(image: str, *, plain_http: PlainHttpHosts = NO_PLAIN_HTTP) -> ImageRef
         raise errors.InvalidReference(image, "the reference is empty")
     if image != image.strip():
         raise errors.InvalidReference(image, "leading or trailing whitespace")
-    if any(ch.isspace() for ch in image):
+    if _WHITESPACE.search(image) is not None:
         raise errors.InvalidReference(image, "whitespace inside the reference")
     if image.count("@") > 1:
         raise errors.InvalidReference(image, "more than one '@'")
