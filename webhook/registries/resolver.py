@@ -226,7 +226,8 @@ class Resolver:
         waiting: dict[outcomes.Query, _Flight[Any, outcomes.Outcome]] = {}
         to_ask: dict[outcomes.Repository, list[outcomes.Query]] = {}
         unshared: list[tuple[outcomes.Repository, list[outcomes.Query]]] = []
-        probing: dict[outcomes.Query, outcomes.Outcome] = {}
+        # Answered "could not tell" without waiting: a recent failure, an open circuit.
+        at_once: dict[outcomes.Query, outcomes.Outcome] = {}
         to_refresh: dict[outcomes.Repository, list[outcomes.Query]] = {}
         for query in queries:
             entry = self._digests.get(query)
@@ -240,14 +241,12 @@ class Resolver:
             failure = self._recent_failure(query, now) if flight is None else None
             if failure is not None:
                 # Asked a moment ago, and the registry could not tell: not asked again yet.
-                probing[query] = outcomes.Unknown(failure)
+                at_once[query] = outcomes.Unknown(failure)
             elif flight is not None and self._probing(query.repository):
                 # The flight is the circuit's probe of a registry that was failing: not
                 # waited for, or every admission of its tag waits out a registry that
                 # may still hang. Answered as the open circuit answers the others.
-                probing[query] = outcomes.Unknown(
-                    f"{query.repository}: {self.circuit(query.repository.registry).refusal()}"
-                )
+                at_once[query] = self._unanswered(query)
             elif flight is not None:
                 waiting[query] = flight
             elif self._shared:
@@ -274,15 +273,15 @@ class Resolver:
             waiting.update(dict.fromkeys(batch, flight))
 
         fresh = await self._wait(waiting, deadline, lambda query: query.repository.registry)
-        fresh.update(probing)
+        fresh.update(at_once)
         now = self._clock()
         stale = 0
-        for query in [*waiting, *probing]:
+        for query in [*waiting, *at_once]:
             outcome = fresh.get(query) or self._unanswered(query)
             answer = self._stale_if_error(query, outcome, queries[query], now)
             stale += answer is not outcome
             answers[query] = answer
-        _count(DIGESTS_CACHE, hits=hits, stale=stale, misses=len(waiting) + len(probing) - stale)
+        _count(DIGESTS_CACHE, hits=hits, stale=stale, misses=len(waiting) + len(at_once) - stale)
         return answers
 
     async def mutability(
@@ -335,7 +334,8 @@ class Resolver:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _unanswered(self, query: outcomes.Query) -> outcomes.Unknown:
-        """Why a query waited on a call has no answer: its circuit opened, or time ran out."""
+        """ "Could not tell" for a query without an answer: its registry's circuit is not
+        closed (the answer the open circuit gives), or the call ran out of time."""
         if self._probing(query.repository):
             refusal = self.circuit(query.repository.registry).refusal()
             return outcomes.Unknown(f"{query.repository}: {refusal}")

@@ -222,7 +222,7 @@ class AdmissionServer:
             metrics.CONNECTIONS_REFUSED.inc()
             return False
         self._accepted += 1
-        self._high_water = max(self._high_water, self._inflight + self._accepted)
+        self._note_load()
         metrics.CONNECTIONS.set(self._accepted)
         return True
 
@@ -248,6 +248,9 @@ class AdmissionServer:
         """Wait until no admission is in flight (or `within` seconds pass)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), within)
+
+    def _note_load(self) -> None:
+        self._high_water = max(self._high_water, self._inflight + self._accepted)
 
     def give_back_memory_after_a_burst(self) -> bool:
         """Return freed heap to the system once a burst of connections or admissions is over.
@@ -333,13 +336,13 @@ class AdmissionServer:
                 f"digestguard is answering {self._inflight} admissions already (its limit);"
                 " this one is refused rather than queued"
             )
-            return _json(429, reviews.refusal("", 429, message), headers={"Retry-After": "1"})
+            return _json(429, reviews.refusal("", 429, message))
         budget = self.answer_within
         apiserver_timeout = _go_duration(http.query.get("timeout", ""))
         if apiserver_timeout is not None:
             budget = min(budget, apiserver_timeout - ANSWER_MARGIN)
         self._inflight += 1
-        self._high_water = max(self._high_water, self._inflight + self._accepted)
+        self._note_load()
         self._idle.clear()
         token = REQUEST_DEADLINE.set(time.monotonic() + budget)
         try:
@@ -361,8 +364,6 @@ class AdmissionServer:
         metrics.ADMISSION_SECONDS.labels(handler_id).observe(time.perf_counter() - started)
         if (http.content_length or 0) > LARGE or len(payload.get("patch") or "") > LARGE:
             return await asyncio.to_thread(_json, status, response)
-        if status == 429:
-            return _json(status, response, headers={"Retry-After": "1"})
         return _json(status, response)
 
     async def _review(
@@ -490,7 +491,7 @@ class AdmissionServer:
                     self._turns.remove(turn)
             if not self._busy():
                 return True
-        return not self._busy()
+        return False
 
     def _next_turn(self) -> None:
         """Wake the admission that has waited longest for a turn."""
@@ -792,14 +793,13 @@ def _clip(value: object) -> str:
     return text.clipped(value, CLIP_AT)
 
 
-def _json(
-    status: int, payload: Any, headers: Mapping[str, str] | None = None
-) -> aiohttp.web.Response:
+def _json(status: int, payload: Any) -> aiohttp.web.Response:
     return aiohttp.web.Response(
         status=status,
         body=json.dumps(payload).encode(),
         content_type="application/json",
-        headers=headers,
+        # Every refusal for load says when to come back.
+        headers={"Retry-After": "1"} if status == 429 else None,
     )
 
 
@@ -812,13 +812,23 @@ def _stamp(certfile: str, keyfile: str) -> tuple[int, ...] | None:
     return cert.st_mtime_ns, cert.st_ino, cert.st_size, key.st_mtime_ns, key.st_ino, key.st_size
 
 
-def _trim_heap() -> bool:
-    """glibc's `malloc_trim(0)`: give free heap pages back. False where there is none (musl)."""
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM: Final = _malloc_trim()
+"""glibc's `malloc_trim`, or None where the C library has none (musl)."""
+
+
+def _trim_heap() -> bool:
+    """`malloc_trim(0)`: give free heap pages back. False where there is none."""
+    if _MALLOC_TRIM is None:
         return False
-    trim(0)
+    _MALLOC_TRIM(0)
     return True
 
 
