@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
-import urllib.error
-import urllib.request
 from collections import Counter
 from typing import Self
+
+from tests.support import webhook_process
 
 PROBE_INTERVAL = 0.1
 """How often each backend's readiness is asked (endpoints follow readiness in ~1 s)."""
@@ -36,16 +36,6 @@ class Backend:
     @property
     def name(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-def _ready(backend: Backend) -> bool:
-    try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{backend.health_port}/readyz", timeout=1
-        ) as answer:
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 class ServiceProxy:
@@ -109,7 +99,9 @@ class ServiceProxy:
 
     def _probe(self) -> None:
         while not self._stopping.is_set():
-            ready = [backend for backend in self.backends if _ready(backend)]
+            ready = [
+                backend for backend in self.backends if webhook_process.ready(backend.health_port)
+            ]
             with self._lock:
                 self._ready = [b for b in ready if b in self._backends]
             self._stopping.wait(PROBE_INTERVAL)

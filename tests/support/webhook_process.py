@@ -21,6 +21,15 @@ from tests.support import ports
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def ready(health_port: int) -> bool:
+    """Whether the webhook whose health server is on `health_port` answers /readyz 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Ask Linux to SIGTERM the webhook when the process that started it dies."""
     try:
@@ -83,13 +92,7 @@ class ServeProcess:
         raise RuntimeError(f"the webhook was not ready within {ready_within}s:\n{self.log_tail()}")
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
-            ) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return ready(self.health_port)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as r:
