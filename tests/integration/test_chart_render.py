@@ -542,6 +542,9 @@ def test_cluster_role_reads_policies_and_namespaces_and_patches_only_its_own_web
         (names.GROUP, names.PLURAL, (), ("get", "list", "watch")),
         (names.GROUP, f"{names.PLURAL}/status", (), ("patch",)),
         ("", "namespaces", (), ("get", "list", "watch")),
+        # One revision, one digest: list (never watch or get) pods; warn on owners.
+        ("", "pods", (), ("list",)),
+        ("", "events", (), ("create",)),
         (
             admission,
             "mutatingwebhookconfigurations",
@@ -600,7 +603,7 @@ def test_mounted_certificates_need_no_secret_or_webhook_rights(
     assert "Role" not in rendered.kinds()
     assert "RoleBinding" not in rendered.kinds()
     resources = {rule[1] for rule in _rules(rendered.one("ClusterRole"))}
-    assert resources == {names.PLURAL, f"{names.PLURAL}/status", "namespaces"}
+    assert resources == {names.PLURAL, f"{names.PLURAL}/status", "namespaces", "pods", "events"}
 
 
 # --------------------------------------------------------------------------
@@ -748,6 +751,7 @@ def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
         "allowImmutableTags",
         "onResolveError",
         "maxStale",
+        "pinScope",
     }
     assert spec["required"] == ["images"]
     assert fields["images"]["minItems"] == 1
@@ -755,6 +759,8 @@ def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
     assert fields["action"]["enum"] == [action.value for action in policies.Action]
     assert fields["action"]["default"] == "Mutate"
     assert fields["keepTag"]["default"] is True
+    assert fields["pinScope"]["enum"] == [value.value for value in policies.PinScope]
+    assert fields["pinScope"]["default"] == policies.PinScope.ROLLOUT.value
     assert fields["allowImmutableTags"]["default"] is False
     assert fields["onResolveError"]["enum"] == [value.value for value in policies.OnResolveError]
     assert fields["onResolveError"]["default"] == "Deny"

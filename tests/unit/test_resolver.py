@@ -920,3 +920,43 @@ async def test_a_circuit_that_opens_ends_only_the_waits_on_its_own_registry(
     registry.release()
     answers = await waiting
     assert isinstance(answers[tag("v1")], outcomes.Missing)
+
+
+# The first pod of a revision
+
+
+async def test_a_query_to_recheck_is_asked_again_unless_its_entry_is_a_moment_old(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(resolver.RECHECK_AGE / 2)
+    await the_resolver.resolve({tag("v1"): 600.0}, deadline=clock() + LONG, recheck={tag("v1")})
+    assert len(registry.lookups) == 1, "a moment-old answer is what the registry says now"
+
+    registry.images[tag("v1")] = found("v1, moved")
+    clock.advance(resolver.RECHECK_AGE)
+    answers = await the_resolver.resolve(
+        {tag("v1"): 600.0}, deadline=clock() + LONG, recheck={tag("v1")}
+    )
+
+    assert len(registry.lookups) == 2
+    assert answers[tag("v1")] == found("v1, moved")
+
+
+async def test_a_recheck_the_registry_cannot_answer_falls_back_to_the_cached_digest(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(10.0)
+    registry.failure = errors.RegistryError("connection refused")
+
+    answers = await the_resolver.resolve(
+        {tag("v1"): 600.0}, deadline=clock() + LONG, recheck={tag("v1")}
+    )
+
+    answer = answers[tag("v1")]
+    assert isinstance(answer, outcomes.Found)
+    assert answer.digest == digest_of("v1")
+    assert answer.age_seconds == pytest.approx(10.0)

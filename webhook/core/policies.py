@@ -23,6 +23,14 @@ class OnResolveError(enum.Enum):
     ALLOW = "Allow"
 
 
+class PinScope(enum.Enum):
+    """Mutate: whether pods of one controller revision share a digest (`Rollout`), or
+    each pod gets the digest its tag has when it is admitted (`Pod`)."""
+
+    ROLLOUT = "Rollout"
+    POD = "Pod"
+
+
 _E = TypeVar("_E", bound=enum.Enum)
 
 DEFAULT_MAX_STALE: Final = "10m"
@@ -79,6 +87,7 @@ _SPEC_FIELDS: Final = frozenset(
         "allowImmutableTags",
         "onResolveError",
         "maxStale",
+        "pinScope",
     }
 )
 
@@ -115,6 +124,7 @@ class Policy:
     allow_immutable_tags: bool
     on_resolve_error: OnResolveError
     max_stale_seconds: float
+    pin_scope: PinScope = PinScope.ROLLOUT
 
     @property
     def can_deny(self) -> bool:
@@ -238,6 +248,7 @@ def parse(name: str, generation: int, spec: Any) -> Policy:
         allow_immutable_tags=_bool(spec.get("allowImmutableTags", False), "allowImmutableTags"),
         on_resolve_error=on_error,
         max_stale_seconds=max_stale_seconds,
+        pin_scope=_enum(PinScope, spec.get("pinScope", PinScope.ROLLOUT.value), "pinScope"),
     )
 
 

@@ -63,6 +63,8 @@ FAILURE_TTL: Final = 1.0
 """Seconds for which a query whose lookup failed is answered "could not tell" at once."""
 REFRESH_AHEAD: Final = 0.2
 """The last part of a Found's TTL in which a use of it starts a lookup in the background."""
+RECHECK_AGE: Final = 2.0
+"""A query to `recheck` is answered from the cache only if the entry is younger than this."""
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -218,9 +220,19 @@ class Resolver:
         self._cool_down = cool_down
 
     async def resolve(
-        self, queries: Mapping[outcomes.Query, float], *, deadline: float
+        self,
+        queries: Mapping[outcomes.Query, float],
+        *,
+        deadline: float,
+        recheck: Collection[outcomes.Query] = (),
     ) -> dict[outcomes.Query, outcomes.Outcome]:
-        """The outcome of every query; each value of `queries` is that query's max_stale seconds."""
+        """The outcome of every query; each value of `queries` is that query's max_stale seconds.
+
+        A query in `recheck` (the first pod of a revision) is asked of the registry unless
+        its cache entry is a moment old (`RECHECK_AGE`): what is pinned then is what the
+        registry says now, the same for every replica. A failed lookup still falls back
+        to the cached digest within max_stale.
+        """
         now = self._clock()
         answers: dict[outcomes.Query, outcomes.Outcome] = {}
         waiting: dict[outcomes.Query, _Flight[Any, outcomes.Outcome]] = {}
@@ -231,7 +243,11 @@ class Resolver:
         to_refresh: dict[outcomes.Repository, list[outcomes.Query]] = {}
         for query in queries:
             entry = self._digests.get(query)
-            if entry is not None and self._is_fresh(entry, now):
+            if (
+                entry is not None
+                and self._is_fresh(entry, now)
+                and not (query in recheck and now - entry.stored_at >= RECHECK_AGE)
+            ):
                 self._digests.touch(query)
                 answers[query] = entry.value
                 if self._due_for_refresh(query, entry, now):
