@@ -55,9 +55,9 @@ class Subject:
     problem: str | None
     policies: tuple[policies.Policy, ...]
     max_stale_seconds: float
-    revision_digest: references.Digest | None = None
-    """The digest the pod's controller revision already runs for this image (pinScope
-    Rollout): pinned again while it exists."""
+    revision_lookup: outcomes.Query | None = None
+    """By digest, what the pod's controller revision already runs for this image
+    (pinScope Rollout): pinned again while it exists (see `follow_revision`)."""
 
     @functools.cached_property
     def lookup(self) -> outcomes.Query | None:
@@ -74,16 +74,6 @@ class Subject:
         if ref is None or ref.digest is None or ref.tag is None:
             return None
         return outcomes.Query(outcomes.Repository(ref.registry, ref.repository), tag=ref.tag)
-
-    @functools.cached_property
-    def revision_lookup(self) -> outcomes.Query | None:
-        """The query telling whether the revision's digest still exists."""
-        ref = self.reference
-        if ref is None or self.revision_digest is None:
-            return None
-        return outcomes.Query(
-            outcomes.Repository(ref.registry, ref.repository), digest=self.revision_digest
-        )
 
     @property
     def is_tag_only(self) -> bool:
@@ -115,7 +105,7 @@ class Plan:
     """Queries not to answer from an older cache entry: the first pod of a revision is
     pinned to what the registry says now, so replicas agree on it."""
 
-    @property
+    @functools.cached_property
     def rollout_images(self) -> frozenset[str]:
         """The original references pinned per revision (see `follow_revision`)."""
         if self.revision is None:
@@ -285,15 +275,32 @@ def follow_revision(the_plan: Plan, in_use: Mapping[str, references.Digest]) -> 
                 recheck.add(subject.lookup)
             subjects.append(subject)
             continue
-        following = dataclasses.replace(subject, revision_digest=digest)
-        check = following.revision_lookup
-        if check is not None:
-            queries[check] = min(
-                queries.get(check, subject.max_stale_seconds), subject.max_stale_seconds
-            )
+        lookup = subject.lookup
+        if lookup is None:
+            subjects.append(subject)
+            continue
+        check = outcomes.Query(lookup.repository, digest=digest)
+        queries[check] = min(
+            queries.get(check, subject.max_stale_seconds), subject.max_stale_seconds
+        )
+        following = Subject(
+            subject.container,
+            subject.reference,
+            subject.problem,
+            subject.policies,
+            subject.max_stale_seconds,
+            revision_lookup=check,
+        )
         subjects.append(following)
-    return dataclasses.replace(
-        the_plan, subjects=tuple(subjects), queries=queries, recheck=frozenset(recheck)
+    return Plan(
+        phase=the_plan.phase,
+        kind=the_plan.kind,
+        subjects=tuple(subjects),
+        queries=queries,
+        repositories_for_mutability=the_plan.repositories_for_mutability,
+        original_images=the_plan.original_images,
+        revision=the_plan.revision,
+        recheck=frozenset(recheck),
     )
 
 
@@ -366,7 +373,7 @@ def _follow(
     cannot tell but the tag resolves; gone (deleted, or failing verification), the pod
     is judged by its tag like the first pod of a revision."""
     check = subject.revision_lookup
-    digest = subject.revision_digest
+    digest = check.digest if check is not None else None
     if check is None or digest is None:
         return None, None
     outcome = results.get(check)

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -48,6 +49,11 @@ MAX_LISTING: Final = 8
 """Lists of pods at once; past that a revision is taken as unread rather than queue."""
 LIST_TIMEOUT: Final = 1.0
 """Seconds a list of pods may take (never more than half the admission's time left)."""
+
+
+_PINS: Final = {
+    how: metrics.ROLLOUT_PINS.labels(how) for how in ("revision", "first", "gone", "unread")
+}
 
 
 @dataclasses.dataclass(slots=True)
@@ -157,11 +163,11 @@ class Rollouts:
             else:
                 how = "unread" if unread else "first"
                 known.digests.setdefault(image, digest)
-            metrics.ROLLOUT_PINS.labels(how).inc()
+            _PINS[how].inc()
         for repin in verdict.repins:
             if repin.image not in verdict.revision_digests:
                 # Not pinned (the tag is gone too, or the pod was denied): still reported.
-                metrics.ROLLOUT_PINS.labels("gone").inc()
+                _PINS["gone"].inc()
             self._report_gone(revision, repin)
 
     def _report_gone(self, revision: revisions.Revision, repin: decisions.Repin) -> None:
@@ -208,8 +214,14 @@ class Rollouts:
             loop = asyncio.get_running_loop()
             flight = loop.run_in_executor(self._executor, self._digests_of, revision, timeout)
             self._listing[revision] = flight
-            flight.add_done_callback(lambda _: self._listing.pop(revision, None))
+            flight.add_done_callback(functools.partial(self._landed, revision))
         return await asyncio.wait_for(asyncio.shield(flight), max(0.0, deadline - self._clock()))
+
+    def _landed(
+        self, revision: revisions.Revision, flight: "asyncio.Future[dict[str, references.Digest]]"
+    ) -> None:
+        if self._listing.get(revision) is flight:
+            del self._listing[revision]
 
     def _digests_of(
         self, revision: revisions.Revision, timeout: float
