@@ -1,10 +1,12 @@
 """A small ECR-protocol stub: what moto cannot do, over real HTTP on loopback.
 
 It speaks the AWS JSON 1.1 protocol of ECR (`X-Amz-Target:
-AmazonEC2ContainerRegistry_V20150921.BatchGetImage` / `.DescribeRepositories`) and
+AmazonEC2ContainerRegistry_V20150921.BatchGetImage` / `.DescribeRepositories` /
+`.DescribeImages`) and
 can be told to be slow, to throttle, to fail, to hang, to reset connections, to
-return per-image failure codes and to return manifests that do not hash to their
-digest. It records every request it receives.
+return per-image failure codes, to hold images in the archive storage class and to
+return manifests that do not hash to their digest. It records every request it
+receives.
 
 In-process (tests)::
 
@@ -66,6 +68,9 @@ class StubConfig:
     """Tag or digest → BatchGetImage failureCode to report for it."""
     corrupt: list[str] = dataclasses.field(default_factory=list)
     """Tags or digests whose manifest is returned altered, so it no longer hashes to its digest."""
+    archived: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Tag or digest → imageStatus (ARCHIVED, ACTIVATING) of an image not in standard
+    storage: BatchGetImage reports it ImageInaccessible, DescribeImages with that status."""
     omit: list[str] = dataclasses.field(default_factory=list)
     """Tags or digests the answer does not mention at all."""
     synthesize: bool = False
@@ -182,6 +187,8 @@ class EcrStub:
                 return _batch_get_image(self.config, body)
             if operation == "DescribeRepositories":
                 return _describe_repositories(self.config, body)
+            if operation == "DescribeImages":
+                return _describe_images(self.config, body)
         return _error("UnknownOperationException", f"the stub does not serve {operation}")
 
     def _control(self, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -337,6 +344,15 @@ def _batch_get_image(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, 
             code = config.failures[key]
             failures.append({"imageId": image_id, "failureCode": code, "failureReason": code})
             continue
+        if _image_status(config, stored, key) != "ACTIVE":
+            failures.append(
+                {
+                    "imageId": image_id,
+                    "failureCode": "ImageInaccessible",
+                    "failureReason": "The image is not accessible",
+                }
+            )
+            continue
         found: tuple[str, str] | None = None
         if tag is not None:
             entry = stored.get(tag)
@@ -379,6 +395,70 @@ def _batch_get_image(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, 
             }
         )
     return 200, {"images": images, "failures": failures}
+
+
+def _image_status(config: StubConfig, stored: Mapping[str, list[str]], key: str | None) -> str:
+    """The imageStatus of the image a tag or digest names: archived if any of its names is."""
+    if key is None:
+        return "ACTIVE"
+    names = {key}
+    for name, (manifest, _) in stored.items():
+        digest = "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
+        if key in (name, digest):
+            names |= {name, digest}
+    statuses = [config.archived[name] for name in sorted(names) if name in config.archived]
+    return statuses[0] if statuses else "ACTIVE"
+
+
+def _describe_images(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """DescribeImages of the given imageIds, as ECR answers it: without a filter only ACTIVE
+    images, and ImageNotFoundException when one of them is not there."""
+    repository = str(body.get("repositoryName", ""))
+    registry_id = str(body.get("registryId", _ACCOUNT))
+    stored = config.images.get(repository)
+    if stored is None:
+        return _error(
+            "RepositoryNotFoundException",
+            f"The repository with name '{repository}' does not exist in the registry with id"
+            f" '{registry_id}'",
+        )
+    wanted = str((body.get("filter") or {}).get("imageStatus", "ACTIVE"))
+    details: list[dict[str, Any]] = []
+    for image_id in body.get("imageIds") or []:
+        tag, digest = image_id.get("imageTag"), image_id.get("imageDigest")
+        entry = stored.get(tag) if tag is not None else None
+        if entry is None and digest is not None:
+            entry = next(
+                (
+                    e
+                    for e in stored.values()
+                    if "sha256:" + hashlib.sha256(e[0].encode()).hexdigest() == digest
+                ),
+                None,
+            )
+        key = tag if tag is not None else digest
+        status = _image_status(config, stored, key)
+        if entry is None or wanted not in ("ANY", status):
+            return _error(
+                "ImageNotFoundException",
+                f"The image with imageId {image_id} does not exist within the repository with"
+                f" name '{repository}' in the registry with id '{registry_id}'",
+            )
+        manifest, media_type = entry
+        actual = "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
+        tags = sorted(name for name, e in stored.items() if e[0] == manifest and name != actual)
+        details.append(
+            {
+                "registryId": registry_id,
+                "repositoryName": repository,
+                "imageDigest": actual,
+                "imageTags": tags,
+                "imageManifestMediaType": media_type,
+                "imagePushedAt": 1_700_000_000,
+                "imageStatus": status,
+            }
+        )
+    return 200, {"imageDetails": details}
 
 
 def _describe_repositories(

@@ -39,6 +39,11 @@ WEB_FOUND = outcomes.Found(WEB_DIGEST, OCI_INDEX)
 MISSING = outcomes.Missing("ImageNotFound", "Requested image not found")
 UNKNOWN = outcomes.Unknown("ThrottlingException: Rate exceeded")
 CORRUPT = outcomes.Corrupt("sha256 of the manifest is not the digest ECR reported")
+ARCHIVED = outcomes.Archived(
+    "ARCHIVED",
+    f"{BY_TAG} is archived in ECR (storage class ARCHIVE) and cannot be pulled until it is"
+    " restored: aws ecr update-image-storage-class ... --target-storage-class STANDARD",
+)
 
 MUTATING = decisions.Phase.MUTATING
 VALIDATING = decisions.Phase.VALIDATING
@@ -335,6 +340,26 @@ def test_corrupt_answer_is_denied_even_under_on_resolve_error_allow() -> None:
     assert not verdict.allowed
     assert f"[{names.REASON_INTEGRITY};" in verdict.message
     assert CORRUPT.message in verdict.message
+
+
+def test_mutate_denies_an_archived_image_as_archived_even_under_on_resolve_error_allow() -> None:
+    verdict = judge(api_pod(), [policy(onResolveError="Allow")], {BY_TAG: ARCHIVED})
+    assert (verdict.allowed, verdict.edits) == (False, ())
+    assert f"[{names.REASON_IMAGE_ARCHIVED};" in verdict.message
+    assert "--target-storage-class STANDARD" in verdict.message
+
+
+def test_enforce_denies_an_archived_digest_as_archived() -> None:
+    rules = [policy(action="Enforce", onResolveError="Allow")]
+    verdict = judge(api_pod(PINNED), rules, {BY_DIGEST: ARCHIVED, BY_TAG: FOUND}, VALIDATING)
+    assert not verdict.allowed
+    assert f"[{names.REASON_IMAGE_ARCHIVED};" in verdict.message
+
+
+def test_audit_warns_about_an_archived_image() -> None:
+    verdict = judge(api_pod(), [policy(action="Audit")], {BY_TAG: ARCHIVED}, VALIDATING)
+    assert verdict.allowed
+    assert has_reason(verdict.warnings, names.REASON_IMAGE_ARCHIVED)
 
 
 def test_non_ecr_image_under_a_matching_policy_is_looked_up_in_its_registry() -> None:

@@ -375,6 +375,9 @@ def _problem(
             f"{what} not found ({outcome.code}: {outcome.message})",
             True,
         )
+    if isinstance(outcome, outcomes.Archived):
+        # It exists, but no node can pull it: an answer, so onResolveError does not apply.
+        return names.REASON_IMAGE_ARCHIVED, outcome.message, True
     if isinstance(outcome, outcomes.Corrupt):
         return names.REASON_INTEGRITY, outcome.message, True
     message = outcome.message if outcome is not None else "no answer"

@@ -1,9 +1,11 @@
 """What a registry can say about an image: the values passed between resolver and core.
 
-A lookup of one image ends in exactly one of four outcomes:
+A lookup of one image ends in exactly one of these outcomes:
 
     Found      the image exists; here is its digest
     Missing    the registry says it does not exist (deny under Mutate/Enforce)
+    Archived   it exists in ECR's archive storage class: no node can pull it until it
+               is restored (deny under Mutate/Enforce, whatever onResolveError says)
     Unknown    the registry could not be asked or could not answer (onResolveError)
     Corrupt    the registry's answer failed verification (deny, never accepted)
 """
@@ -67,6 +69,16 @@ class Missing:
 
 
 @dataclasses.dataclass(frozen=True)
+class Archived:
+    """An image ECR holds in its archive storage class (`status` ARCHIVED), or is
+    restoring from it (ACTIVATING): an answer about the image, not a registry failure."""
+
+    status: str
+    message: str
+    """Names the image and says how to restore it."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Unknown:
     message: str
 
@@ -76,7 +88,7 @@ class Corrupt:
     message: str
 
 
-Outcome = Found | Missing | Unknown | Corrupt
+Outcome = Found | Missing | Archived | Unknown | Corrupt
 
 
 class Mutability(enum.Enum):

@@ -2,7 +2,8 @@
 
 `EcrClient` implements `protocol.RegistryClient` with two blocking calls,
 `BatchGetImage` (one per repository, up to 100 images each) and
-`DescribeRepositories`. The resolver runs them in its thread pool.
+`DescribeRepositories`, and `DescribeImages` for the images BatchGetImage cannot read
+(archived ones). The resolver runs them in its thread pool.
 
 What each ECR answer becomes (`Missing` denies under Mutate/Enforce, `Unknown` goes
 to the policy's `onResolveError`):
@@ -20,7 +21,11 @@ to the policy's `onResolveError`):
     failure UpstreamAccessDenied          Unknown   pull-through cache: upstream refused us,
     failure UpstreamTooManyRequests       Unknown     throttled us or is down — whether the
     failure UpstreamUnavailable           Unknown     image exists upstream is not known
-    failure ImageInaccessible             Unknown   the image exists but cannot be read now
+    failure ImageInaccessible, and        Archived  in the archive storage class, or being
+      DescribeImages says ARCHIVED or               restored from it: no node can pull it
+      ACTIVATING                                    until it is restored
+    failure ImageInaccessible otherwise   Unknown   it exists but cannot be read now, or
+                                                    DescribeImages could not say why
     any other failure code                Unknown   never deny on a code we do not know
     image not mentioned in the answer     Unknown   ECR did not say
     RepositoryNotFoundException           Missing   for every image asked (RepositoryNotFound)
@@ -35,6 +40,12 @@ to the policy's `onResolveError`):
     UnableToGetUpstreamImageException,
     connection errors and timeouts
     missing credentials, any other error  error
+
+`ImageInaccessible` is the only sign BatchGetImage gives of an archived image, and
+the API model does not say it means only that, so the image's status is read with
+one DescribeImages of the images that got it (needs `ecr:DescribeImages`; the
+common path never makes that call). That answer is a fact about the image: it is
+not retried in the background and does not count against the circuit breaker.
 
 "error" means `errors.RegistryError` is raised: the call as a whole produced no
 per-image answer, which is the `RegistryClient` contract; the resolver turns it
@@ -74,6 +85,14 @@ _T = TypeVar("_T")
 
 BATCH_GET_IMAGE: Final = "BatchGetImage"
 DESCRIBE_REPOSITORIES: Final = "DescribeRepositories"
+DESCRIBE_IMAGES: Final = "DescribeImages"
+UPDATE_IMAGE_STORAGE_CLASS_CLI: Final = "aws ecr update-image-storage-class"
+
+IMAGE_INACCESSIBLE: Final = "ImageInaccessible"
+"""The BatchGetImage failure code of an image that exists but cannot be read (archived)."""
+ARCHIVED: Final = "ARCHIVED"
+ACTIVATING: Final = "ACTIVATING"
+"""DescribeImages' `imageStatus` of an image being restored from the archive."""
 
 MAX_IMAGE_IDS: Final = 100
 """BatchGetImage accepts at most this many imageIds in one request."""
@@ -300,12 +319,73 @@ class EcrClient:
                 )
                 return dict.fromkeys(queries, missing)
             raise _registry_error(exc, BATCH_GET_IMAGE, registry, repository) from exc
-        return _outcomes(
-            repository,
-            queries,
-            [dict(image) for image in response.get("images", [])],
-            [dict(failure) for failure in response.get("failures", [])],
+        failures: list[dict[str, Any]] = [dict(failure) for failure in response.get("failures", [])]
+        results = _outcomes(
+            repository, queries, [dict(image) for image in response.get("images", [])], failures
         )
+        inaccessible = [
+            q
+            for q in queries
+            if isinstance(results[q], outcomes.Unknown)
+            and any(
+                f.get("failureCode") == IMAGE_INACCESSIBLE
+                and _failure_is_about(q, f.get("imageId", {}))
+                for f in failures
+            )
+        ]
+        if inaccessible:
+            results |= self._archive_status(client, registry, repository, inaccessible, budget_end)
+        return results
+
+    def _archive_status(
+        self,
+        client: "ECRClient",
+        registry: references.EcrRegistry,
+        repository: outcomes.Repository,
+        queries: Sequence[outcomes.Query],
+        budget_end: float,
+    ) -> dict[outcomes.Query, outcomes.Outcome]:
+        """Archived for the queries whose image DescribeImages reports archived or being
+        restored; the others keep BatchGetImage's "could not tell"."""
+        image_ids: list[ImageIdentifierTypeDef] = [_image_id(q) for q in queries]
+        context = _context(DESCRIBE_IMAGES, registry, repository) | {"images": len(queries)}
+        started = time.monotonic()
+        try:
+            response = self._attempt(
+                DESCRIBE_IMAGES,
+                lambda: client.describe_images(
+                    registryId=registry.account,
+                    repositoryName=repository.name,
+                    imageIds=image_ids,
+                    # Without a filter only ACTIVE images are described.
+                    filter={"imageStatus": "ANY"},
+                ),
+                budget_end=budget_end,
+                context=context,
+            )
+        except errors.RegistryError as exc:
+            if isinstance(exc, errors.ErrorResponse):
+                exc = _registry_error(exc, DESCRIBE_IMAGES, registry, repository)
+            return {
+                q: outcomes.Unknown(
+                    f"{q}: ECR failure {IMAGE_INACCESSIBLE}, and whether it is archived"
+                    f" could not be read: {exc}"
+                )
+                for q in queries
+            }
+        finally:
+            metrics.REGISTRY_SECONDS.labels(DESCRIBE_IMAGES).observe(time.monotonic() - started)
+        results: dict[outcomes.Query, outcomes.Outcome] = {}
+        for detail in response.get("imageDetails", []):
+            status = str(detail.get("imageStatus", ""))
+            if status not in {ARCHIVED, ACTIVATING}:
+                continue
+            for query in queries:
+                if query not in results and _describes(query, detail):
+                    results[query] = outcomes.Archived(
+                        status, _archived_message(registry, repository, query, detail)
+                    )
+        return results
 
     def _attempt(
         self,
@@ -447,6 +527,34 @@ def _outcomes(
         if query not in results:
             results[query] = outcomes.Unknown(f"{query}: ECR's answer did not mention it")
     return results
+
+
+def _describes(query: outcomes.Query, detail: Mapping[str, Any]) -> bool:
+    """Whether a DescribeImages `imageDetail` is the image `query` names."""
+    if query.digest is not None and detail.get("imageDigest") != query.digest:
+        return False
+    return query.tag is None or query.tag in (detail.get("imageTags") or [])
+
+
+def _archived_message(
+    registry: references.EcrRegistry,
+    repository: outcomes.Repository,
+    query: outcomes.Query,
+    detail: Mapping[str, Any],
+) -> str:
+    digest = str(detail.get("imageDigest") or query.digest or "")
+    image_id = f"imageDigest={digest}" if digest else f"imageTag={query.tag}"
+    if detail.get("imageStatus") == ACTIVATING:
+        return (
+            f"{query} is being restored from the ECR archive and cannot be pulled until the"
+            " restore completes (ECR says within 20 minutes)"
+        )
+    return (
+        f"{query} is archived in ECR (storage class ARCHIVE) and cannot be pulled until it is"
+        f" restored: {UPDATE_IMAGE_STORAGE_CLASS_CLI} --registry-id {registry.account}"
+        f" --region {registry.region} --repository-name {repository.name}"
+        f" --image-id {image_id} --target-storage-class STANDARD"
+    )
 
 
 def _image_answers(query: outcomes.Query, image_id: Mapping[str, Any]) -> bool:
