@@ -224,7 +224,8 @@ def _resolve(options: argparse.Namespace) -> int:
         ca_file=options.registry_ca_file or None,
     )
     client = routing.RoutingClient(
-        ecr.EcrClient(endpoint_url=options.ecr_endpoint_url or None), oci_client
+        ecr.EcrClient(endpoint_url=options.ecr_endpoint_url or None, upstream=oci_client),
+        oci_client,
     )
     try:
         results = asyncio.run(_lookup(parsed, client, timeout))

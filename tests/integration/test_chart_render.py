@@ -746,6 +746,7 @@ def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
         "action",
         "keepTag",
         "allowImmutableTags",
+        "allowPullThroughFirstPull",
         "onResolveError",
         "maxStale",
     }
@@ -756,6 +757,7 @@ def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
     assert fields["action"]["default"] == "Mutate"
     assert fields["keepTag"]["default"] is True
     assert fields["allowImmutableTags"]["default"] is False
+    assert fields["allowPullThroughFirstPull"]["default"] is False
     assert fields["onResolveError"]["enum"] == [value.value for value in policies.OnResolveError]
     assert fields["onResolveError"]["default"] == "Deny"
     assert fields["maxStale"]["default"] == policies.DEFAULT_MAX_STALE

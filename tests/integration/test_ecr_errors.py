@@ -381,7 +381,6 @@ async def test_an_archived_image_is_answered_as_archived_through_the_resolver_no
         "ThrottlingException",
         "LimitExceededException",
         "ServerException",
-        "UnableToGetUpstreamImageException",
         ecr_stub.RESET,
     ],
 )
@@ -394,6 +393,17 @@ def test_a_transient_error_is_retried(
 
     assert outcome == outcomes.Found(digest, ecr_emulator.DOCKER_MANIFEST)
     assert len(stub.requests()) == 2
+
+
+def test_unable_to_get_upstream_image_is_not_retried(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    # The API model: "usually caused" by the upstream credential in Secrets Manager.
+    stub.configure(always="UnableToGetUpstreamImageException")
+
+    with pytest.raises(errors.RegistryError, match="UnableToGetUpstreamImageException"):
+        lookup(client)
+    assert len(stub.requests("BatchGetImage")) == 1
 
 
 def test_botocore_does_not_retry_on_its_own(

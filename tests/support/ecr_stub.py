@@ -2,9 +2,10 @@
 
 It speaks the AWS JSON 1.1 protocol of ECR (`X-Amz-Target:
 AmazonEC2ContainerRegistry_V20150921.BatchGetImage` / `.DescribeRepositories` /
-`.DescribeImages`) and
+`.DescribeImages` / `.DescribePullThroughCacheRules`) and
 can be told to be slow, to throttle, to fail, to hang, to reset connections, to
-return per-image failure codes, to hold images in the archive storage class and to
+return per-image failure codes, to hold images in the archive storage class, to
+pull images through a cache rule from a made-up upstream (or refuse to) and to
 return manifests that do not hash to their digest. It records every request it
 receives.
 
@@ -73,6 +74,13 @@ class StubConfig:
     storage: BatchGetImage reports it ImageInaccessible, DescribeImages with that status."""
     omit: list[str] = dataclasses.field(default_factory=list)
     """Tags or digests the answer does not mention at all."""
+    pull_through_rules: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """DescribePullThroughCacheRules entries (ecrRepositoryPrefix, upstreamRegistryUrl…)."""
+    upstream: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
+    """ECR repository name under a rule → tag → [manifest, media type] its upstream has: a
+    BatchGetImage by that tag imports it (creating the repository), as ECR does."""
+    import_refused: str | None = None
+    """An error code (AccessDeniedException…) BatchGetImage answers instead of importing."""
     synthesize: bool = False
     """Answer any tag of any repository with a manifest made up from repository and tag."""
     repositories: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -189,6 +197,8 @@ class EcrStub:
                 return _describe_repositories(self.config, body)
             if operation == "DescribeImages":
                 return _describe_images(self.config, body)
+            if operation == "DescribePullThroughCacheRules":
+                return _describe_pull_through_cache_rules(self.config, body)
         return _error("UnknownOperationException", f"the stub does not serve {operation}")
 
     def _control(self, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -321,6 +331,9 @@ def _batch_get_image(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, 
     image_ids = body.get("imageIds") or []
     if not image_ids or len(image_ids) > 100:
         return _error("InvalidParameterException", "imageIds must hold 1 to 100 entries")
+    refused = _pull_through(config, repository, image_ids)
+    if refused is not None:
+        return refused
     stored = config.images.get(repository)
     if stored is None and not config.synthesize:
         return _error(
@@ -408,6 +421,45 @@ def _image_status(config: StubConfig, stored: Mapping[str, list[str]], key: str 
             names |= {name, digest}
     statuses = [config.archived[name] for name in sorted(names) if name in config.archived]
     return statuses[0] if statuses else "ACTIVE"
+
+
+def _pull_through(
+    config: StubConfig, repository: str, image_ids: list[dict[str, str]]
+) -> tuple[int, dict[str, Any]] | None:
+    """Import the tags asked for that only the upstream has, or the refusal to."""
+    upstream = config.upstream.get(repository, {})
+    held = config.images.get(repository, {})
+    wanted = [
+        tag
+        for tag in (image_id.get("imageTag") for image_id in image_ids)
+        if tag is not None and tag in upstream and tag not in held
+    ]
+    if not wanted:
+        return None
+    if config.import_refused is not None:
+        return _error(config.import_refused, f"the stub says {config.import_refused}")
+    config.repositories.setdefault(repository, {})
+    images = config.images.setdefault(repository, {})
+    for tag in wanted:
+        images[tag] = list(upstream[tag])
+    return None
+
+
+def _describe_pull_through_cache_rules(
+    config: StubConfig, body: Mapping[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """The rules in pages of two, so that a client that does not follow nextToken misses some."""
+    registry_id = str(body.get("registryId", _ACCOUNT))
+    start = int(body.get("nextToken") or 0)
+    page = config.pull_through_rules[start : start + 2]
+    answer: dict[str, Any] = {
+        "pullThroughCacheRules": [
+            {"registryId": registry_id, "createdAt": 1_700_000_000} | rule for rule in page
+        ]
+    }
+    if start + 2 < len(config.pull_through_rules):
+        answer["nextToken"] = str(start + 2)
+    return 200, answer
 
 
 def _describe_images(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -613,6 +613,22 @@ async def test_a_registry_error_after_an_archived_answer_serves_no_stale_digest(
     assert isinstance(answers[tag("v1")], outcomes.Unknown)
 
 
+async def test_a_tag_not_imported_through_the_cache_is_cached_only_for_the_negative_ttl(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("first")] = outcomes.NotImported("not imported yet")
+    first = await resolve(the_resolver, clock, tag("first"))
+    registry.images[tag("first")] = found("first")
+    clock.advance(4.0)
+    cached = await resolve(the_resolver, clock, tag("first"))
+    clock.advance(1.0)
+
+    imported = await resolve(the_resolver, clock, tag("first"))
+
+    assert first[tag("first")] == cached[tag("first")] == outcomes.NotImported("not imported yet")
+    assert imported[tag("first")] == found("first")
+
+
 async def test_archived_images_do_not_open_the_circuit(
     the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
 ) -> None:

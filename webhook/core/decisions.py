@@ -342,12 +342,19 @@ def _judge(
         notes.append(moved)
 
     findings: list[Finding] = []
+    not_imported = outcome if isinstance(outcome, outcomes.NotImported) else None
     for policy in subject.policies:
         if problem is not None:
             reason, detail, fatal = problem
             denies = policy.can_deny and (fatal or deny_on_error)
             findings.append(Finding(reason, subject, policy, detail, denies))
             if fatal:
+                continue
+        if not_imported is not None and subject.is_tag_only:
+            handled, note = _first_pull(subject, policy, the_plan, not_imported)
+            if note is not None:
+                findings.append(note)
+            if handled:
                 continue
         # A tag-only reference breaks Enforce whether or not the registry answered.
         unpinned = _unpinned_violation(subject, policy, the_plan, results, mutabilities)
@@ -375,6 +382,15 @@ def _problem(
             f"{what} not found ({outcome.code}: {outcome.message})",
             True,
         )
+    if isinstance(outcome, outcomes.NotImported):
+        if subject.lookup.digest is None:
+            return None  # the tag exists upstream: see _first_pull
+        return (
+            names.REASON_NOT_IMPORTED,
+            f"{outcome.message}; a first pull through the cache by digest fails: reference"
+            " it by tag until ECR has imported it",
+            True,
+        )
     if isinstance(outcome, outcomes.Archived):
         # It exists, but no node can pull it: an answer, so onResolveError does not apply.
         return names.REASON_IMAGE_ARCHIVED, outcome.message, True
@@ -382,6 +398,33 @@ def _problem(
         return names.REASON_INTEGRITY, outcome.message, True
     message = outcome.message if outcome is not None else "no answer"
     return names.REASON_REGISTRY_UNAVAILABLE, f"could not resolve the image: {message}", False
+
+
+def _first_pull(
+    subject: Subject,
+    policy: policies.Policy,
+    the_plan: Plan,
+    outcome: outcomes.NotImported,
+) -> tuple[bool, Finding | None]:
+    """(handled, finding) for a tag that ECR's pull-through cache has not imported yet but
+    its upstream has: it is admitted by tag (a digest cannot be pulled before ECR imports
+    it on the first pull by tag), except under Enforce without allowPullThroughFirstPull,
+    where it is a tag-only reference like any other (not handled here)."""
+    detail = f"{outcome.message}; admitted by tag, not pinned: ECR imports it on the first pull"
+    if policy.action is policies.Action.MUTATE:
+        if the_plan.phase is Phase.MUTATING:
+            return True, Finding(names.REASON_NOT_IMPORTED, subject, policy, detail, False)
+        # The mutating webhook admitted it on purpose, and warned.
+        return True, None
+    if policy.action is policies.Action.ENFORCE and policy.allow_pull_through_first_pull:
+        return True, Finding(
+            names.REASON_NOT_IMPORTED,
+            subject,
+            policy,
+            f"{detail} (allowPullThroughFirstPull)",
+            False,
+        )
+    return False, None
 
 
 def _unpinned_violation(
@@ -431,6 +474,13 @@ def _unpinned_violation(
             "referenced by tag only, and the repository's tag mutability could not be"
             f" read ({message}); pin it by digest",
             False,
+        )
+    if subject.lookup is not None and isinstance(results.get(subject.lookup), outcomes.NotImported):
+        return (
+            "referenced by tag only, and ECR's pull-through cache has not imported it yet, so"
+            " no digest can be pulled before a first pull by tag (allowPullThroughFirstPull:"
+            " true admits such a tag)",
+            True,
         )
     return "referenced by tag only; pin it by digest (repo@sha256:...)", True
 

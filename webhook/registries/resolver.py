@@ -3,9 +3,10 @@
 It keeps the webhook a light user of the registry and keeps every admission within
 its time budget:
 
-- **Cache.** A `Found` is fresh for `ttl`, a `Missing` or an `Archived` for
-  `negative_ttl` (an archived image may be restored any minute); `Unknown` and
-  `Corrupt` are never cached, so the next admission asks again. A `Found` is
+- **Cache.** A `Found` is fresh for `ttl`; a `Missing`, an `Archived` or a
+  `NotImported` for `negative_ttl` (an archived image may be restored, a
+  pull-through image imported, any minute); `Unknown` and `Corrupt` are never
+  cached, so the next admission asks again. A `Found` is
   kept past its TTL (until evicted) to serve stale-if-error. Each cache holds at
   most `max_entries`, evicting the least recently used. `max_entries=0` turns
   caching, batching and single-flight all off: one registry request per image,
@@ -114,12 +115,13 @@ _Key = tuple[str, str, str | None, str | None]
 """A query as plain strings: registry, repository, tag, digest."""
 _Stored = tuple[int, str, str]
 """An answer as plain atoms: (_FOUND, digest, media type), (_MISSING, code, message) or
-(_ARCHIVED, status, message)."""
+(_ARCHIVED, status, message) or (_NOT_IMPORTED, "", message)."""
 _FOUND: Final = 0
 _MISSING: Final = 1
 _ARCHIVED: Final = 2
+_NOT_IMPORTED: Final = 3
 
-Answer = outcomes.Found | outcomes.Missing | outcomes.Archived
+Answer = outcomes.Found | outcomes.Missing | outcomes.Archived | outcomes.NotImported
 """An outcome the cache keeps: the registry's answer about the image."""
 
 
@@ -145,6 +147,8 @@ class _DigestCache:
             value = outcomes.Found(references.Digest(first), second)
         elif kind == _ARCHIVED:
             value = outcomes.Archived(first, second)
+        elif kind == _NOT_IMPORTED:
+            value = outcomes.NotImported(second)
         else:
             value = outcomes.Missing(first, second)
         return _Entry(value, entry.stored_at)
@@ -158,6 +162,8 @@ class _DigestCache:
             stored = (_FOUND, value.digest, value.media_type)
         elif isinstance(value, outcomes.Archived):
             stored = (_ARCHIVED, value.status, value.message)
+        elif isinstance(value, outcomes.NotImported):
+            stored = (_NOT_IMPORTED, "", value.message)
         else:
             stored = (_MISSING, value.code, value.message)
         self._lru.put(_key(query), stored, stored_at)
@@ -394,7 +400,7 @@ class Resolver:
         return dataclasses.replace(entry.value, age_seconds=age)
 
     def _remember(self, query: outcomes.Query, outcome: outcomes.Outcome, now: float) -> None:
-        if isinstance(outcome, outcomes.Found | outcomes.Missing | outcomes.Archived):
+        if isinstance(outcome, Answer):
             # An Archived replaces a Found kept for stale-if-error: a digest no node can
             # pull must not be served as if it could be.
             self._digests.put(query, outcome, now)
