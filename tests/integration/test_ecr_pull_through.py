@@ -202,6 +202,25 @@ def test_an_upstream_failure_code_names_the_rule_and_the_likely_cause(
     assert "pull-through cache rule docker-hub/" in outcome.message
 
 
+@pytest.mark.parametrize("code", ["KmsError", "ImageInaccessible"])
+def test_a_failure_about_an_image_ecr_holds_does_not_ask_the_upstream(
+    client: ecr.EcrClient,
+    stub: ecr_stub.EcrStub,
+    upstream: oci_stub.OciStub,
+    manifest: bytes,
+    code: str,
+) -> None:
+    stub.add_image(CACHED.name, "1.25", manifest, ecr_emulator.DOCKER_MANIFEST)
+    stub.configure(failures={"1.25": code})
+    upstream_has(upstream, manifest)
+
+    outcome = lookup(client, tag())
+
+    assert isinstance(outcome, outcomes.Unknown)
+    assert code in outcome.message
+    assert upstream.received() == []
+
+
 def test_a_digest_ecr_does_not_hold_is_not_imported_since_a_first_pull_by_digest_fails(
     client: ecr.EcrClient, stub: ecr_stub.EcrStub, upstream: oci_stub.OciStub, manifest: bytes
 ) -> None:

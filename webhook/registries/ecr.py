@@ -1,9 +1,10 @@
 """The Amazon ECR client: the only module that imports boto3 and botocore.
 
-`EcrClient` implements `protocol.RegistryClient` with two blocking calls,
-`BatchGetImage` (one per repository, up to 100 images each) and
-`DescribeRepositories`, and `DescribeImages` for the images BatchGetImage cannot read
-(archived ones). The resolver runs them in its thread pool.
+`EcrClient` implements `protocol.RegistryClient` with blocking calls:
+`BatchGetImage` (one per repository, up to 100 images each), `DescribeRepositories`,
+`DescribeImages` for the images BatchGetImage cannot read (archived ones) and
+`DescribePullThroughCacheRules` once an image is not returned. The resolver runs them
+in its thread pool.
 
 What each ECR answer becomes (`Missing` denies under Mutate/Enforce, `Unknown` goes
 to the policy's `onResolveError`):
@@ -29,14 +30,6 @@ to the policy's `onResolveError`):
     any other failure code                Unknown   never deny on a code we do not know
     image not mentioned in the answer     Unknown   ECR did not say
     RepositoryNotFoundException           Missing   for every image asked (RepositoryNotFound)
-    under a pull-through cache rule:
-      image returned (held or imported)   Found     ECR holds it now: a pull by digest works
-      not returned (any Missing/Unknown   NotImported  the upstream registry has the tag: never
-      above, AccessDeniedException,                 pinned (a first pull by digest fails),
-      RepositoryNotFoundException,                  admitted by tag; the message names the
-      UnableToGetUpstreamImageException)            rule and the likely cause
-                                          Missing   the upstream does not have it either
-                                          Unknown   the upstream could not tell
     repository name ECR cannot hold       Missing   checked locally, no call (InvalidRepositoryName)
     InvalidParameterException             error     our request was malformed: a bug or an
                                                     ECR rule we do not know, not a fact
@@ -49,6 +42,22 @@ to the policy's `onResolveError`):
     UnableToGetUpstreamImageException     error     not retried: "usually" the upstream
                                                     credential in Secrets Manager (API model)
     missing credentials, any other error  error
+
+Under a pull-through cache rule, an image ECR returned (held, or imported by this very
+BatchGetImage) is Found as above: ECR holds it, so a pull by digest works. One it did
+not return (a Missing or Unknown above other than KmsError and ImageInaccessible, which
+are about an image ECR holds, or an error of the whole call) is asked of the rule's
+upstream registry through `upstream`, and is never pinned:
+
+    the upstream says                     outcome      why
+    ────────────────────────────────────  ───────────  ──────────────────────────────
+    found                                 NotImported  a first pull by tag imports it;
+                                                       by digest it fails
+    not found                             Missing      neither ECR nor the upstream has it
+    could not tell                        Unknown      onResolveError decides
+
+Each message names the rule (prefix and upstream) and the likely cause: the missing
+IAM action, or the upstream credential in Secrets Manager.
 
 `ImageInaccessible` is the only sign BatchGetImage gives of an archived image, and
 the API model does not say it means only that, so the image's status is read with
@@ -108,6 +117,9 @@ UPDATE_IMAGE_STORAGE_CLASS_CLI: Final = "aws ecr update-image-storage-class"
 
 IMAGE_INACCESSIBLE: Final = "ImageInaccessible"
 """The BatchGetImage failure code of an image that exists but cannot be read (archived)."""
+HELD_FAILURE_CODES: Final = frozenset({IMAGE_INACCESSIBLE, "KmsError"})
+"""Failure codes about an image ECR holds: under a pull-through cache rule, not a reason
+to ask the upstream (a tag it has would be admitted, then fail to pull)."""
 ARCHIVED: Final = "ARCHIVED"
 ACTIVATING: Final = "ACTIVATING"
 """DescribeImages' `imageStatus` of an image being restored from the archive."""
@@ -262,7 +274,10 @@ class EcrClient:
         client = self._client(registry)
         askable.sort(key=_query_sort_key)
         try:
-            answered = self._batch_get_images(client, registry, repository, askable, budget_end)
+            held: set[outcomes.Query] = set()
+            answered = self._batch_get_images(
+                client, registry, repository, askable, budget_end, held
+            )
         except errors.RegistryError as exc:
             rule = self._rule_after(exc, client, registry, repository, budget_end)
             if rule is None:
@@ -277,7 +292,9 @@ class EcrClient:
         # import actions): what it returned is held and pinned. What it did not is asked
         # of the upstream, never pinned.
         pending = {
-            q: o for q, o in answered.items() if isinstance(o, outcomes.Missing | outcomes.Unknown)
+            q: o
+            for q, o in answered.items()
+            if isinstance(o, outcomes.Missing | outcomes.Unknown) and q not in held
         }
         if pending and self._upstream is not None:
             rule = self._pull_through_rule(client, registry, repository, budget_end)
@@ -292,12 +309,17 @@ class EcrClient:
         repository: outcomes.Repository,
         askable: Sequence[outcomes.Query],
         budget_end: float,
+        held: set[outcomes.Query],
     ) -> dict[outcomes.Query, outcomes.Outcome]:
+        """Every query's outcome; `held` gets the queries whose image ECR holds but could
+        not return (a failure code such as KmsError): no upstream is asked for those."""
         results: dict[outcomes.Query, outcomes.Outcome] = {}
         for start in range(0, len(askable), MAX_IMAGE_IDS):
             chunk = askable[start : start + MAX_IMAGE_IDS]
             try:
-                results |= self._batch_get_image(client, registry, repository, chunk, budget_end)
+                results |= self._batch_get_image(
+                    client, registry, repository, chunk, budget_end, held
+                )
             except errors.RegistryError as exc:
                 if start == 0:
                     raise
@@ -502,6 +524,7 @@ class EcrClient:
         repository: outcomes.Repository,
         queries: Sequence[outcomes.Query],
         budget_end: float,
+        held: set[outcomes.Query],
     ) -> dict[outcomes.Query, outcomes.Outcome]:
         image_ids: list[ImageIdentifierTypeDef] = [_image_id(q) for q in queries]
         context = _context(BATCH_GET_IMAGE, registry, repository) | {"images": len(queries)}
@@ -530,16 +553,17 @@ class EcrClient:
         results = _outcomes(
             repository, queries, [dict(image) for image in response.get("images", [])], failures
         )
-        inaccessible = [
-            q
+        codes = {
+            q: {
+                str(f.get("failureCode"))
+                for f in failures
+                if _failure_is_about(q, f.get("imageId", {}))
+            }
             for q in queries
             if isinstance(results[q], outcomes.Unknown)
-            and any(
-                f.get("failureCode") == IMAGE_INACCESSIBLE
-                and _failure_is_about(q, f.get("imageId", {}))
-                for f in failures
-            )
-        ]
+        }
+        held.update(q for q, said in codes.items() if said & HELD_FAILURE_CODES)
+        inaccessible = [q for q, said in codes.items() if IMAGE_INACCESSIBLE in said]
         if inaccessible:
             results |= self._archive_status(client, registry, repository, inaccessible, budget_end)
         return results
