@@ -273,21 +273,24 @@ class EcrClient:
 
         client = self._client(registry)
         askable.sort(key=_query_sort_key)
+        held: set[outcomes.Query] = set()
+        failure: errors.RegistryError | None = None
         try:
-            held: set[outcomes.Query] = set()
             answered = self._batch_get_images(
                 client, registry, repository, askable, budget_end, held
             )
         except errors.RegistryError as exc:
-            rule = self._rule_after(exc, client, registry, repository, budget_end)
+            answered, failure = {}, exc
+        finally:
+            metrics.REGISTRY_SECONDS.labels(BATCH_GET_IMAGE).observe(time.monotonic() - started)
+        if failure is not None:
+            rule = self._rule_after(failure, client, registry, repository, budget_end)
             if rule is None:
-                raise
-            failed = outcomes.Unknown(f"{repository}: {exc}")
+                raise failure
+            failed = outcomes.Unknown(f"{repository}: {failure}")
             return results | self._through_upstream(
                 rule, repository, dict.fromkeys(askable, failed), budget_end
             )
-        finally:
-            metrics.REGISTRY_SECONDS.labels(BATCH_GET_IMAGE).observe(time.monotonic() - started)
         # ECR imports an upstream image when BatchGetImage asks for it by tag (given the
         # import actions): what it returned is held and pinned. What it did not is asked
         # of the upstream, never pinned.
