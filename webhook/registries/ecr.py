@@ -274,20 +274,18 @@ class EcrClient:
         client = self._client(registry)
         askable.sort(key=_query_sort_key)
         held: set[outcomes.Query] = set()
-        failure: errors.RegistryError | None = None
         try:
-            answered = self._batch_get_images(
-                client, registry, repository, askable, budget_end, held
-            )
+            try:
+                answered = self._batch_get_images(
+                    client, registry, repository, askable, budget_end, held
+                )
+            finally:
+                metrics.REGISTRY_SECONDS.labels(BATCH_GET_IMAGE).observe(time.monotonic() - started)
         except errors.RegistryError as exc:
-            answered, failure = {}, exc
-        finally:
-            metrics.REGISTRY_SECONDS.labels(BATCH_GET_IMAGE).observe(time.monotonic() - started)
-        if failure is not None:
-            rule = self._rule_after(failure, client, registry, repository, budget_end)
+            rule = self._rule_after(exc, client, registry, repository, budget_end)
             if rule is None:
-                raise failure
-            failed = outcomes.Unknown(f"{repository}: {failure}")
+                raise
+            failed = outcomes.Unknown(f"{repository}: {exc}")
             return results | self._through_upstream(
                 rule, repository, dict.fromkeys(askable, failed), budget_end
             )
