@@ -101,6 +101,7 @@ async def run(config: Config) -> None:
             ecr.EcrClient(
                 endpoint_url=config.ecr_endpoint_url or None,
                 max_pool_connections=max(32, config.registry_workers),
+                upstream=oci_client,
             ),
             oci_client,
         ),

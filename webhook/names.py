@@ -56,6 +56,8 @@ REASON_INVALID: Final = "InvalidSpec"
 
 # Reasons carried by denials and warnings; each is also a metric label value.
 REASON_IMAGE_MISSING: Final = "ImageMissing"
+REASON_IMAGE_ARCHIVED: Final = "ImageArchived"
+REASON_NOT_IMPORTED: Final = "NotImportedThroughCache"
 REASON_TAG_NOT_PINNED: Final = "TagNotPinned"
 REASON_REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
 REASON_INTEGRITY: Final = "DigestMismatch"

@@ -799,6 +799,7 @@ def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
         "action",
         "keepTag",
         "allowImmutableTags",
+        "allowPullThroughFirstPull",
         "onResolveError",
         "maxStale",
         "pinScope",
@@ -812,6 +813,7 @@ def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
     assert fields["pinScope"]["enum"] == [value.value for value in policies.PinScope]
     assert fields["pinScope"]["default"] == policies.PinScope.ROLLOUT.value
     assert fields["allowImmutableTags"]["default"] is False
+    assert fields["allowPullThroughFirstPull"]["default"] is False
     assert fields["onResolveError"]["enum"] == [value.value for value in policies.OnResolveError]
     assert fields["onResolveError"]["default"] == "Deny"
     assert fields["maxStale"]["default"] == policies.DEFAULT_MAX_STALE

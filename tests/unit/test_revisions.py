@@ -223,6 +223,17 @@ def test_a_revision_digest_gone_from_the_registry_is_replaced_by_the_tags_with_a
     )
 
 
+def test_an_archived_revision_digest_is_replaced_by_the_tags_too() -> None:
+    the_plan = decisions.follow_revision(plan_for(pod()), {IMAGE: OLD})
+    archived = outcomes.Archived("ARCHIVED", "archived: restore it with update-image-storage-class")
+    verdict = decisions.decide(
+        the_plan, {BY_TAG: outcomes.Found(NEW, MEDIA), OLD_BY_DIGEST: archived}, {}
+    )
+    assert [edit.value for edit in verdict.edits] == [f"{IMAGE}@{NEW}"]
+    (repin,) = verdict.repins
+    assert "update-image-storage-class" in repin.why
+
+
 def test_a_revision_digest_gone_and_its_tag_gone_too_is_denied_as_missing() -> None:
     the_plan = decisions.follow_revision(plan_for(pod()), {IMAGE: OLD})
     missing = outcomes.Missing("ImageNotFound", "Requested image not found")

@@ -370,8 +370,8 @@ def _follow(
     """(the revision's digest and notes, when the pod keeps it; what is gone, when not).
 
     The revision's digest is kept while the registry has it, and while the registry
-    cannot tell but the tag resolves; gone (deleted, or failing verification), the pod
-    is judged by its tag like the first pod of a revision."""
+    cannot tell but the tag resolves; gone (deleted, archived, or failing verification),
+    the pod is judged by its tag like the first pod of a revision."""
     check = subject.revision_lookup
     digest = check.digest if check is not None else None
     if check is None or digest is None:
@@ -380,11 +380,11 @@ def _follow(
     tag_outcome = results.get(subject.lookup) if subject.lookup is not None else None
     notes: list[str] = []
     where = f"{subject.container.label}: image {subject.container.shown_image}"
-    if isinstance(outcome, outcomes.Missing | outcomes.Corrupt):
+    if isinstance(outcome, outcomes.Missing | outcomes.Corrupt | outcomes.Archived):
         why = (
             f"{outcome.code}: {outcome.message}"
             if isinstance(outcome, outcomes.Missing)
-            else (outcome.message)
+            else outcome.message
         )
         return None, Repin(subject.container.label, subject.container.image, digest, why, None)
     if isinstance(outcome, outcomes.Found):
@@ -414,7 +414,7 @@ def _repin_note(
     now = f"pinned to {digest}, the tag's digest now" if digest is not None else "judged by its tag"
     return (
         f"{subject.container.label}: image {subject.container.shown_image}: the digest"
-        f" {repin.gone} that the pods of {revision} run is gone from the registry"
+        f" {repin.gone} that the pods of {revision} run can no longer be pulled"
         f" ({repin.why}); this pod is {now} [{names.REASON_REVISION_DIGEST_GONE}]"
     )
 
@@ -501,12 +501,19 @@ def _judge(
         notes.append(moved)
 
     findings: list[Finding] = []
+    not_imported = outcome if isinstance(outcome, outcomes.NotImported) else None
     for policy in subject.policies:
         if problem is not None:
             reason, detail, fatal = problem
             denies = policy.can_deny and (fatal or deny_on_error)
             findings.append(Finding(reason, subject, policy, detail, denies))
             if fatal:
+                continue
+        if not_imported is not None and subject.is_tag_only:
+            handled, note = _first_pull(subject, policy, the_plan, not_imported)
+            if note is not None:
+                findings.append(note)
+            if handled:
                 continue
         # A tag-only reference breaks Enforce whether or not the registry answered.
         unpinned = _unpinned_violation(subject, policy, the_plan, results, mutabilities)
@@ -534,10 +541,49 @@ def _problem(
             f"{what} not found ({outcome.code}: {outcome.message})",
             True,
         )
+    if isinstance(outcome, outcomes.NotImported):
+        if subject.lookup.digest is None:
+            return None  # the tag exists upstream: see _first_pull
+        return (
+            names.REASON_NOT_IMPORTED,
+            f"{outcome.message}; a first pull through the cache by digest fails: reference"
+            " it by tag until ECR has imported it",
+            True,
+        )
+    if isinstance(outcome, outcomes.Archived):
+        # It exists, but no node can pull it: an answer, so onResolveError does not apply.
+        return names.REASON_IMAGE_ARCHIVED, outcome.message, True
     if isinstance(outcome, outcomes.Corrupt):
         return names.REASON_INTEGRITY, outcome.message, True
     message = outcome.message if outcome is not None else "no answer"
     return names.REASON_REGISTRY_UNAVAILABLE, f"could not resolve the image: {message}", False
+
+
+def _first_pull(
+    subject: Subject,
+    policy: policies.Policy,
+    the_plan: Plan,
+    outcome: outcomes.NotImported,
+) -> tuple[bool, Finding | None]:
+    """(handled, finding) for a tag that ECR's pull-through cache has not imported yet but
+    its upstream has: it is admitted by tag (a digest cannot be pulled before ECR imports
+    it on the first pull by tag), except under Enforce without allowPullThroughFirstPull,
+    where it is a tag-only reference like any other (not handled here)."""
+    detail = f"{outcome.message}; admitted by tag, not pinned: ECR imports it on the first pull"
+    if policy.action is policies.Action.MUTATE:
+        if the_plan.phase is Phase.MUTATING:
+            return True, Finding(names.REASON_NOT_IMPORTED, subject, policy, detail, False)
+        # The mutating webhook admitted it on purpose, and warned.
+        return True, None
+    if policy.action is policies.Action.ENFORCE and policy.allow_pull_through_first_pull:
+        return True, Finding(
+            names.REASON_NOT_IMPORTED,
+            subject,
+            policy,
+            f"{detail} (allowPullThroughFirstPull)",
+            False,
+        )
+    return False, None
 
 
 def _unpinned_violation(
@@ -587,6 +633,13 @@ def _unpinned_violation(
             "referenced by tag only, and the repository's tag mutability could not be"
             f" read ({message}); pin it by digest",
             False,
+        )
+    if subject.lookup is not None and isinstance(results.get(subject.lookup), outcomes.NotImported):
+        return (
+            "referenced by tag only, and ECR's pull-through cache has not imported it yet, so"
+            " no digest can be pulled before a first pull by tag (allowPullThroughFirstPull:"
+            " true admits such a tag)",
+            True,
         )
     return "referenced by tag only; pin it by digest (repo@sha256:...)", True
 

@@ -85,6 +85,7 @@ _SPEC_FIELDS: Final = frozenset(
         "action",
         "keepTag",
         "allowImmutableTags",
+        "allowPullThroughFirstPull",
         "onResolveError",
         "maxStale",
         "pinScope",
@@ -122,6 +123,9 @@ class Policy:
     action: Action
     keep_tag: bool
     allow_immutable_tags: bool
+    allow_pull_through_first_pull: bool
+    """Enforce: accept a tag that ECR's pull-through cache has not imported yet (and that
+    the upstream registry has), since such an image cannot be pulled by digest yet."""
     on_resolve_error: OnResolveError
     max_stale_seconds: float
     pin_scope: PinScope = PinScope.ROLLOUT
@@ -246,6 +250,9 @@ def parse(name: str, generation: int, spec: Any) -> Policy:
         action=action,
         keep_tag=_bool(spec.get("keepTag", True), "keepTag"),
         allow_immutable_tags=_bool(spec.get("allowImmutableTags", False), "allowImmutableTags"),
+        allow_pull_through_first_pull=_bool(
+            spec.get("allowPullThroughFirstPull", False), "allowPullThroughFirstPull"
+        ),
         on_resolve_error=on_error,
         max_stale_seconds=max_stale_seconds,
         pin_scope=_enum(PinScope, spec.get("pinScope", PinScope.ROLLOUT.value), "pinScope"),

@@ -180,7 +180,7 @@ class Rollouts:
         now = f"pinned to {repin.digest}" if repin.digest is not None else "not pinned"
         message = (
             f"{repin.container}: the digest {repin.gone} of {repin.image}, which the pods of"
-            f" this revision run, is gone from the registry ({repin.why}); a new pod was"
+            f" this revision run, can no longer be pulled ({repin.why}); a new pod was"
             f" {now}. Pods that still run the old digest cannot be pulled again: restore the"
             " image, or roll out (kubectl rollout restart) to move every pod to the tag's"
             " digest."
