@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
-from tests.support import ecr_emulator, ecr_stub, oci_stub
+from tests.support import ecr_emulator, ecr_stub, oci_stub, ports
+from webhook import errors, metrics
 from webhook.core import outcomes, references
 from webhook.registries import ecr
 from webhook.registries.oci import client as oci
@@ -303,3 +304,24 @@ def test_a_rule_maps_the_repository_under_its_prefix_to_the_upstream_repository(
     assert ecr_to_ecr.upstream("app") == outcomes.Repository(
         "444455556666.dkr.ecr.eu-west-1.amazonaws.com", "team/app"
     )
+
+
+def test_an_unreachable_ecr_is_not_asked_for_its_rules_as_well(
+    aws_session: boto3.session.Session, upstream: oci_stub.OciStub
+) -> None:
+    # A port nothing listens on: every connection is refused, as in an ECR outage.
+    upstream_client = oci.OciClient(insecure_registries=[upstream.host])
+    unreachable = ecr.EcrClient(
+        endpoint_url=f"http://127.0.0.1:{ports.free_port()}",
+        session=aws_session,
+        upstream=upstream_client,
+    )
+    described = metrics.REGISTRY_CALLS.labels("DescribePullThroughCacheRules", "error")
+    before = described._value.get()
+    try:
+        with pytest.raises(errors.RegistryError, match="refused"):
+            unreachable.lookup(CACHED, [tag()], timeout=BUDGET)
+    finally:
+        upstream_client.close()
+    assert described._value.get() == before
+    assert upstream.received() == []

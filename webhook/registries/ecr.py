@@ -339,8 +339,11 @@ class EcrClient:
     ) -> PullThroughRule | None:
         """The pull-through cache rule of `repository` when BatchGetImage failed as a whole
         in a way a pull through the cache can (refused import, no repository yet, the
-        upstream unreachable for ECR); None when there is none or no time to look."""
-        if self._upstream is None or isinstance(exc, errors.DeadlineExceeded | errors.NotAttempted):
+        upstream unreachable for ECR); None when there is none or no time to look.
+
+        Only when ECR itself answered with the error: an ECR that cannot be reached (an
+        outage) would only refuse the rules too, and the admission waits for neither."""
+        if self._upstream is None or not isinstance(exc.__cause__, errors.ErrorResponse):
             return None
         return self._pull_through_rule(client, registry, repository, budget_end)
 
