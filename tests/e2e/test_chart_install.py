@@ -600,6 +600,20 @@ def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(
     assert [item["metadata"]["name"] for item in listed["items"]] == [configurations.mutating]
     own = {"field_selector": f"metadata.name={configurations.validating}"}
     assert raw(sa_admission.list_validating_webhook_configuration, **own)["items"]
+    # One revision, one digest: it lists pods (by label) and warns on their owners,
+    # but reads no single pod, changes none, and posts nothing but Events.
+    assert raw(sa_core.list_namespaced_pod, "default", label_selector="pod-template-hash=x")
+    assert status_of(sa_core.read_namespaced_pod, "any", "default") == 403
+    assert status_of(sa_core.delete_namespaced_pod, "any", "default") == 403
+    event = {
+        "metadata": {"generateName": "rbac-check."},
+        "involvedObject": {"kind": "Pod", "name": "any", "namespace": "default"},
+        "reason": "RbacCheck",
+        "message": "the webhook may post Warning Events",
+        "type": "Warning",
+    }
+    assert raw(sa_core.create_namespaced_event, "default", event)["reason"] == "RbacCheck"
+    assert status_of(sa_core.list_namespaced_event, "default") == 403
     status_patch = {"status": {"observedGeneration": 1}}
     raw(
         client.CustomObjectsApi(sa_client).patch_cluster_custom_object_status,
