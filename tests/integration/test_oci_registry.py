@@ -2,10 +2,13 @@
 do, against a small stub: digests found and verified, missing images, integrity
 failures, throttling within the time budget, and the anonymous token flow."""
 
+import contextlib
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -513,3 +516,68 @@ def test_a_refused_connection_is_tried_twice_not_until_the_budget_is_spent() -> 
         after = metrics.REGISTRY_CALLS.labels(oci.GET_MANIFEST, "error")._value.get()
     the_client.close()
     assert after - before == 2
+
+
+# Connections to an HTTPS registry
+
+
+class _CountingForwarder:
+    """A TCP forwarder to `target_port` on loopback that counts the connections it is
+    given: each is one TCP connect and one TLS handshake of the client."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.accepted = 0
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                incoming, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            outgoing = socket.create_connection(("127.0.0.1", self._target_port))
+            for source, sink in ((incoming, outgoing), (outgoing, incoming)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+
+def test_lookups_of_an_https_registry_share_one_kept_alive_tls_connection(
+    secured_registry: oci_registry.Registry,
+) -> None:
+    name = unique()
+    for tag in ("v1", "v2", "v3"):
+        secured_registry.push_image(name, tag, seed=f"{name}:{tag}")
+    port = int(secured_registry.host.rpartition(":")[2])
+    forwarder = _CountingForwarder(port)
+    host = f"{oci_registry.HOST}:{forwarder.port}"
+    the_client = oci.OciClient(ca_file=str(secured_registry.ca_file))
+    try:
+        for _ in range(10):
+            for tag in ("v1", "v2", "v3"):
+                (answer,) = look_up(the_client, by_tag(host, name, tag)).values()
+                assert isinstance(answer, outcomes.Found), answer
+    finally:
+        the_client.close()
+        forwarder.close()
+    # 30 lookups, one TCP connection and so one TLS handshake with the registry.
+    assert forwarder.accepted == 1
