@@ -52,6 +52,7 @@ def render(documents: dict[str, dict[str, Any]]) -> str:
         ("outage", _outage),
         ("overload", _overload),
         ("hostile", _hostile),
+        ("registry", _registry),
         ("breakdown", _breakdown),
     ):
         if name in documents:
@@ -955,6 +956,49 @@ def _outage_errors_and_hangs(document: dict[str, Any]) -> str:
             ),
             f"ECR requests received by the stub over the whole run: {results['ecr_calls']}; the"
             f" webhook's count by outcome: {json.dumps(results['registry_calls_by_outcome'])}.\n",
+        ]
+    )
+
+
+def _registry(document: dict[str, Any]) -> str:
+    results = document["results"]
+    rows = [
+        (
+            run["scheme"],
+            run["rate"],
+            f"{run['ok_share']:.1%}",
+            run["p50_ms"],
+            run["p99_ms"],
+            run["registry_calls_per_1000"],
+            run["cpu_us_per_request"],
+            round(run["rss_kib"] / 1024),
+        )
+        for run in results["runs"]
+    ]
+    floor = results["images"] * results["duration_s"] / results["cache_ttl_s"]
+    return "\n".join(
+        [
+            "## The user's setup: a real registry over HTTPS and HTTP\n",
+            f"`python -m bench.run registry`: {results['images']} images in the CNCF distribution"
+            " registry (Debian's `docker-registry`; HTTPS with its token flow, then plain"
+            f" HTTP), a Mutate policy, cache TTL {results['cache_ttl_s']} s so every tag expires"
+            f" and is refreshed during each {results['duration_s']:.0f} s run (the floor: about"
+            f" {floor:.0f} manifest requests a run, plus tokens), vegeta over HTTPS keep-alive,"
+            " the webhook on one core. Registry calls are the webhook's own count (manifests"
+            " and tokens).\n",
+            _table(
+                [
+                    "registry",
+                    "rate /s",
+                    "answered",
+                    "p50 ms",
+                    "p99 ms",
+                    "registry calls / 1,000",
+                    "CPU µs / admission",
+                    "RSS MiB",
+                ],
+                rows,
+            ),
         ]
     )
 

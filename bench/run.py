@@ -1394,6 +1394,79 @@ def breakdown(ctx: Context) -> dict[str, Any]:
     return inprocess.run(iterations=1000 if ctx.quick else 5000)
 
 
+# --------------------------------------------------------------------------
+# The user's setup: a real CNCF distribution registry, over HTTPS and plain HTTP
+# --------------------------------------------------------------------------
+
+REGISTRY_RATES = [100, 200, 400, 800, 1600]
+REGISTRY_TTL_S = 10
+"""Short enough that every tag expires (and is refreshed) a few times in each run."""
+
+
+def registry(ctx: Context) -> dict[str, Any]:
+    """Warm admissions of 3 images held by the real registry (Debian's docker-registry),
+    HTTPS with its token flow, then plain HTTP: latency, share answered, registry
+    requests per 1,000 admissions, CPU per admission and RSS at each rate."""
+    from tests.support import oci_registry
+
+    duration = ctx.seconds(30, 3)
+    results: dict[str, Any] = {
+        "duration_s": duration,
+        "warmup_s": 3,
+        "cache_ttl_s": REGISTRY_TTL_S,
+        "images": 3,
+        "runs": [],
+    }
+    for scheme in ("https", "http"):
+        with oci_registry.running_registry(secured=scheme == "https") as held:
+            images: list[str] = []
+            for index in range(3):
+                held.push_image(f"bench/app{index}", "v1", seed=f"registry-{scheme}-{index}")
+                images.append(held.image(f"bench/app{index}", "v1"))
+            ctx.cluster.set_policies(
+                harness.policy("bench"), harness.policy("registry", images=[f"{held.host}/**"])
+            )
+            trust = (
+                ["--registry-ca-file", str(held.ca_file)]
+                if held.ca_file is not None
+                else ["--insecure-registries", held.host]
+            )
+            with harness.Stub(ctx.base) as stub:
+                webhook = ctx.webhook(stub, "--cache-ttl", f"{REGISTRY_TTL_S}s", *trust).start()
+                try:
+                    targets = pod_targets(
+                        ctx,
+                        f"registry-{scheme}",
+                        webhook.url(),
+                        2000,
+                        lambda _, these=images: these,
+                    )
+                    primed = prime(webhook.url(), ctx.tls.ca, images)
+                    assert primed["response"].get("patch"), primed
+                    results[f"idle_rss_kib_{scheme}"] = webhook.rss_kib()
+                    for rate in REGISTRY_RATES:
+                        calls_before = webhook.metric("digestguard_registry_calls_total")
+                        summary, _ = measure(webhook.pid, targets, rate, ctx=ctx, duration=duration)
+                        calls = webhook.metric("digestguard_registry_calls_total") - calls_before
+                        summary |= {
+                            "scheme": scheme,
+                            "registry_calls": calls,
+                            "registry_calls_per_1000": round(
+                                calls * 1000 / max(1, summary["requests_sent"]), 2
+                            ),
+                            "rss_kib": webhook.rss_kib(),
+                        }
+                        results["runs"].append(summary)
+                        log(
+                            f"registry {scheme} {rate}/s: {brief(summary)},"
+                            f" {calls:.0f} registry calls"
+                        )
+                finally:
+                    webhook.stop()
+    ctx.cluster.set_policies(harness.policy("bench"))
+    return results
+
+
 BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "warm": warm,
     "cold": cold,
@@ -1403,6 +1476,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "breakdown": breakdown,
     "overload": overload,
     "hostile": hostile,
+    "registry": registry,
 }
 
 
