@@ -1,0 +1,41 @@
+"""Lookups for the command line (`resolve`, `pin`): the webhook's resolver, built once.
+
+The clients are the webhook's own, with credentials from the user's environment:
+boto3's default chain for ECR, the anonymous token flow for every other registry.
+"""
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+from webhook.core import outcomes, references
+from webhook.registries import ecr, oci, protocol, resolver, routing
+
+
+def lookup(
+    queries: Mapping[outcomes.Query, float],
+    *,
+    budget: float,
+    ecr_endpoint_url: str | None = None,
+    plain_http: references.PlainHttpHosts = references.NO_PLAIN_HTTP,
+    ca_file: str | None = None,
+) -> dict[outcomes.Query, outcomes.Outcome]:
+    """The outcome of every query, all asked at once within `budget` seconds."""
+    if not queries:
+        return {}
+    oci_client = oci.OciClient(insecure_registries=plain_http, ca_file=ca_file)
+    client = routing.RoutingClient(ecr.EcrClient(endpoint_url=ecr_endpoint_url), oci_client)
+    try:
+        return asyncio.run(_resolve(queries, client, budget))
+    finally:
+        oci_client.close()
+
+
+async def _resolve(
+    queries: Mapping[outcomes.Query, float], client: protocol.RegistryClient, budget: float
+) -> dict[outcomes.Query, outcomes.Outcome]:
+    the_resolver = resolver.Resolver(client)
+    try:
+        return dict(await the_resolver.resolve(queries, deadline=time.monotonic() + budget))
+    finally:
+        await the_resolver.aclose()
