@@ -52,10 +52,15 @@ def load(text: str) -> list[Any]:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
         column = f"column {mark.column + 1}: " if mark is not None else ""
-        problem = " ".join(part for part in (error.context, error.problem) if part)
-        begun = error.context_mark
-        if begun is not None and mark is not None and begun.line != mark.line:
-            problem += f" (what is not closed begins on line {begun.line + 1})"
+        problem = error.problem or "unreadable"
+        if error.context:
+            begun = error.context_mark
+            since = (
+                f" (from line {begun.line + 1})"
+                if begun is not None and mark is not None and begun.line != mark.line
+                else ""
+            )
+            problem = f"{error.context}{since}: {problem}"
         raise errors.InvalidManifest(line, f"{column}not valid YAML: {problem}") from None
     except ruamel.yaml.error.YAMLError as error:
         raise errors.InvalidManifest(None, f"not valid YAML: {error}") from None
