@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ecr_emulator, oci_registry
+from tests.support import controlplane, ecr_emulator, oci_registry
 
 HERE = Path(__file__).resolve().parent
 GOLDEN_TREE = HERE / "pin-golden" / "tree"
@@ -226,8 +226,6 @@ def test_the_images_of_the_charts_own_rendered_output_are_pinned(
 
 @pytest.fixture
 def helm() -> Path:
-    from tests.support import controlplane
-
     found = controlplane.find_helm(controlplane.find_assets())
     if found is None:
         if os.environ.get("DIGESTGUARD_REQUIRE_E2E") == "1":
@@ -313,9 +311,9 @@ spec:
     )
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    (manifests / "a.yaml").write_text(deployment(f"{covered}:v1") + "---\n" + deployment(
-        f"{other}:v1", name="other"
-    ))
+    (manifests / "a.yaml").write_text(
+        deployment(f"{covered}:v1") + "---\n" + deployment(f"{other}:v1", name="other")
+    )
     result = pin(moto_server.url, "--policy", str(tmp_path / "policy.yaml"), str(manifests))
     assert result.returncode == 0, result.stderr
     text = (manifests / "a.yaml").read_text()
@@ -392,7 +390,7 @@ def test_malformed_yaml_is_refused_with_file_and_line_and_nothing_is_written(
 def test_a_duplicate_key_is_refused_with_its_line(moto_server: ecr_emulator.MotoServer) -> None:
     result = pin(moto_server.url, "-", stdin="kind: Pod\nspec: {}\nkind: Job\n")
     assert result.returncode == 64
-    assert '<stdin>:3: column 1: not valid YAML: while constructing a mapping (from line 1):' in (
+    assert "<stdin>:3: column 1: not valid YAML: while constructing a mapping (from line 1):" in (
         result.stderr
     )
     assert 'duplicate key "kind"' in result.stderr
@@ -459,7 +457,8 @@ def test_a_resource_list_is_pinned_with_results_naming_file_and_resource(
     assert output["kind"] == "ResourceList"
     container = output["items"][1]["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"{image}:v1@{digest}"
-    assert output["items"][0] == {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}}
+    assert output["items"][0] == service
     assert output["results"] == [
         {
             "message": f"containers[web] in Deployment shop/web: pinned '{image}:v1' to"
