@@ -168,14 +168,11 @@ def _parser() -> argparse.ArgumentParser:
         help="change nothing; list every image not pinned or missing (file:line), exit 1 if any",
     )
     pin.add_argument(
-        "-o",
         "--stdout",
-        nargs="?",
-        const="-",
-        default=None,
-        metavar="-",
-        help="write the manifests to standard output instead of in place ('-o -')",
+        action="store_true",
+        help="write the manifests to standard output instead of in place (also: -o -)",
     )
+    pin.add_argument("-o", dest="output", default=None, metavar="-", help="'-': as --stdout")
     pin.add_argument(
         "--policy",
         action="append",
@@ -302,9 +299,9 @@ def _resolve(options: argparse.Namespace) -> int:
 
 
 def _pin(options: argparse.Namespace) -> int:
-    if options.stdout not in (None, "-"):
+    if options.output not in (None, "-"):
         raise errors.ConfigurationError(
-            f"-o/--stdout: only '-' is supported, not {options.stdout!r}"
+            f"-o: only '-' (standard output) is supported, not {_shown(options.output)}"
         )
     paths = tuple(options.paths)
     if not paths:
@@ -317,7 +314,7 @@ def _pin(options: argparse.Namespace) -> int:
     pin_options = command.Options(
         paths=paths,
         check=options.check,
-        stdout=options.stdout is not None,
+        stdout=options.stdout or options.output == "-",
         krm=options.krm,
         policy_files=tuple(options.policy),
         namespace_labels=labels,

@@ -409,6 +409,22 @@ def test_an_invalid_image_reference_is_reported_with_its_line(
     assert "not a valid reference" in result.stderr
 
 
+def test_an_image_written_as_a_block_scalar_is_reported_and_left_as_it_is(
+    moto_server: ecr_emulator.MotoServer, tmp_path: Path
+) -> None:
+    image, digest = fresh(moto_server.url)
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text(deployment(f">-\n            {image}:v1"))
+    before = manifest.read_bytes()
+    result = pin(moto_server.url, str(manifest))
+    assert result.returncode == 1
+    assert f"{manifest}:11: containers[app] in Deployment app: image '{image}:v1' is not" in (
+        result.stderr
+    )
+    assert f"write it as {image}:v1@{digest}" in result.stderr
+    assert manifest.read_bytes() == before
+
+
 def test_a_path_that_does_not_exist_is_a_usage_error(moto_server: ecr_emulator.MotoServer) -> None:
     result = pin(moto_server.url, "/nonexistent/manifests")
     assert result.returncode == 64

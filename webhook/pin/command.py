@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, TextIO
 
 from webhook import errors
-from webhook.core import outcomes, pinning, references
+from webhook.core import outcomes, pinning, policies, references
 from webhook.pin import yamltext
 from webhook.registries import oneshot
 
@@ -60,6 +60,8 @@ class Source:
     targets: list[pinning.Target] = dataclasses.field(default_factory=list)
     document_of: list[int] = dataclasses.field(default_factory=list)
     """For each target, the index of its document."""
+    pinned: str = ""
+    """The text with the images pinned (`_judge_all` sets it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,28 +69,38 @@ class Report:
     """One line for the user (and one KRM result): what is wrong or what was done."""
 
     severity: str  # "error" | "warning" | "info"
-    message: str
+    text: str
+    """What is said, without the file and line (a KRM result has those apart)."""
     source: Source
     result: pinning.Result
     line: int | None
+
+    @property
+    def message(self) -> str:
+        where = f"{self.source.name}:{self.line}" if self.line is not None else self.source.name
+        return f"{where}: {self.text}"
 
 
 def run(options: Options, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     """Run `digestguard pin`; the exit code."""
     try:
-        policies = _policies(options.policy_files)
-        rules = pinning.Rules(digest_policies=policies, namespace_labels=options.namespace_labels)
+        digest_policies = _policies(options.policy_files)
+        rules = pinning.Rules(
+            digest_policies=digest_policies, namespace_labels=options.namespace_labels
+        )
         sources = list(_sources(options.paths, stdin))
     except (errors.InvalidManifest, errors.ConfigurationError) as error:
         print(f"digestguard pin: {error}", file=stderr)
         return EXIT_USAGE
-    if policies is not None and options.namespace_labels is None:
-        for policy in _with_namespace_selectors(options.policy_files):
-            print(
-                f"digestguard pin: note: DigestPolicy {policy}: namespaceSelector is not"
-                " matched (namespace labels are not in manifests; see --namespace-labels)",
-                file=stderr,
-            )
+    if digest_policies is not None and options.namespace_labels is None:
+        for policy in digest_policies:
+            if policy.namespace_selector.requirements:
+                print(
+                    f"digestguard pin: note: DigestPolicy {policy.name}: namespaceSelector is"
+                    " not matched (namespace labels are not in manifests; see"
+                    " --namespace-labels)",
+                    file=stderr,
+                )
     krm = options.krm or _is_krm_input(sources)
     if krm:
         return _run_krm(options, sources, rules, stdout, stderr)
@@ -96,18 +108,18 @@ def run(options: Options, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
         for index, document in enumerate(source.documents):
             _collect(source, index, document, rules, options)
     results = _lookup(sources, options)
-    reports, edits = _judge_all(sources, results, check=options.check)
-    status = _status(reports)
+    reports = _judge_all(sources, results, check=options.check)
     for report in reports:
         print(report.message, file=stderr)
-    status = max(status, _write(sources, edits, options, stdout, stderr))
-    return status
+    if not options.check:
+        _write(sources, options, stdout)
+    return _status(reports)
 
 
-def _policies(files: Sequence[str]) -> tuple[Any, ...] | None:
+def _policies(files: Sequence[str]) -> tuple[policies.Policy, ...] | None:
     if not files:
         return None
-    found: list[Any] = []
+    found: list[policies.Policy] = []
     for name in files:
         text, _ = _read(pathlib.Path(name), name)
         try:
@@ -124,20 +136,19 @@ def _policies(files: Sequence[str]) -> tuple[Any, ...] | None:
     return tuple(found)
 
 
-def _with_namespace_selectors(files: Sequence[str]) -> Iterator[str]:
-    for name in files:
-        text, _ = _read(pathlib.Path(name), name)
-        for document in yamltext.load(text):
-            if (
-                isinstance(document, Mapping)
-                and document.get("kind") == "DigestPolicy"
-                and isinstance(document.get("spec"), Mapping)
-                and document["spec"].get("namespaceSelector")
-            ):
-                yield pinning.resource(document).name
-
-
 def _sources(paths: Sequence[str], stdin: TextIO) -> Iterator[Source]:
+    """Each stream once, in the order named (a file inside a named folder too)."""
+    seen: set[pathlib.Path] = set()
+    for source in _named_sources(paths, stdin):
+        if source.path is not None:
+            resolved = source.path.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+        yield source
+
+
+def _named_sources(paths: Sequence[str], stdin: TextIO) -> Iterator[Source]:
     for raw in paths:
         if raw == STDIN:
             text = stdin.read()
@@ -222,33 +233,37 @@ def _judge_all(
     results: Mapping[outcomes.Query, outcomes.Outcome],
     *,
     check: bool,
-) -> tuple[list[Report], dict[str, list[yamltext.Edit]]]:
-    """A report for everything worth saying, and the edits to make, by source name."""
+) -> list[Report]:
+    """A report for everything worth saying; each source's `pinned` text is set."""
     reports: list[Report] = []
-    edits: dict[str, list[yamltext.Edit]] = {}
     for source in sources:
+        edits: dict[tuple[int, int], tuple[yamltext.Edit, int]] = {}
         for target, index in zip(source.targets, source.document_of, strict=True):
             result = pinning.judge(target, results)
             where = yamltext.position(source.documents[index], target.path)
             line = where[0] + 1 if where is not None else None
             report = _report(source, result, line, check=check)
-            if report is not None:
-                reports.append(report)
+            if report is None:
+                continue
             if result.status is pinning.Status.REWRITE and not check and result.value:
                 if where is None:
-                    reports.append(_unwritable(source, result, line))
-                    continue
-                edits.setdefault(source.name, []).append(
-                    yamltext.Edit(where[0], where[1], target.container.image, result.value)
-                )
-    return reports, edits
+                    report = _unwritable(source, result, line)
+                else:
+                    edit = yamltext.Edit(*where, target.container.image, result.value)
+                    edits[where] = (edit, len(reports))
+            reports.append(report)
+        source.pinned, refused = yamltext.apply(source.text, (edit for edit, _ in edits.values()))
+        for edit in refused:
+            position = edits[(edit.line, edit.column)][1]
+            reports[position] = _unwritable(source, reports[position].result, edit.line + 1)
+    return reports
 
 
 def _report(
     source: Source, result: pinning.Result, line: int | None, *, check: bool
 ) -> Report | None:
     target = result.target
-    head = f"{_where(source, line)}: {target.container.label} in {target.resource.label}:"
+    head = f"{target.container.label} in {target.resource.label}:"
     image = target.container.shown_image
     if result.status is pinning.Status.VERIFIED:
         if result.note is None:
@@ -265,15 +280,11 @@ def _report(
 def _unwritable(source: Source, result: pinning.Result, line: int | None) -> Report:
     target = result.target
     message = (
-        f"{_where(source, line)}: {target.container.label} in {target.resource.label}:"
+        f"{target.container.label} in {target.resource.label}:"
         f" image {target.container.shown_image} is not written as a one-line scalar"
         f" (block scalar, alias or escapes): not rewritten; write it as {result.value}"
     )
     return Report("error", message, source, result, line)
-
-
-def _where(source: Source, line: int | None) -> str:
-    return f"{source.name}:{line}" if line is not None else source.name
 
 
 def _status(reports: Iterable[Report]) -> int:
@@ -288,35 +299,17 @@ def _status(reports: Iterable[Report]) -> int:
     return status
 
 
-def _write(
-    sources: Sequence[Source],
-    edits: Mapping[str, list[yamltext.Edit]],
-    options: Options,
-    stdout: TextIO,
-    stderr: TextIO,
-) -> int:
-    """Write each source's text with its edits; 1 if an edit could not be made."""
-    status = EXIT_OK
+def _write(sources: Sequence[Source], options: Options, stdout: TextIO) -> None:
+    """Write each source's pinned text: in place when it changed, or to standard output."""
     to_stdout = options.stdout or any(source.path is None for source in sources)
     for number, source in enumerate(sources):
-        text, refused = yamltext.apply(source.text, edits.get(source.name, ()))
-        for edit in refused:
-            status = EXIT_FAILED
-            print(
-                f"{source.name}:{edit.line + 1}: image {edit.old!r} is not written as a"
-                f" one-line scalar (block scalar, alias or escapes): not rewritten;"
-                f" write it as {edit.new}",
-                file=stderr,
-            )
-        if options.check:
-            continue
+        text = source.pinned
         if to_stdout:
             if number and not text.lstrip().startswith("---"):
                 stdout.write("---\n")
             stdout.write(text if text.endswith("\n") or not text else text + "\n")
         elif text != source.text and source.path is not None:
             _replace(source.path, ("\ufeff" if source.bom else "") + text)
-    return status
 
 
 def _replace(path: pathlib.Path, text: str) -> None:
@@ -381,26 +374,19 @@ def _run_krm(
             source.targets.append(target)
             source.document_of.append(0)
     results = _lookup(sources, options)
-    reports, edits = _judge_all(sources, results, check=options.check)
-    text, refused = yamltext.apply(source.text, edits.get(source.name, ()))
-    refused_lines = {edit.line + 1 for edit in refused}
-    krm_results = [_krm_result(report, items) for report in reports]
-    for report in reports:
-        if report.result.status is pinning.Status.REWRITE and report.line in refused_lines:
-            krm_results.append(_krm_result(_unwritable(source, report.result, report.line), items))
-    output = yamltext.load(text)[0]
+    reports = _judge_all(sources, results, check=options.check)
+    output = yamltext.load(source.pinned)[0]
     existing = output.get(KRM_RESULTS)
-    output[KRM_RESULTS] = (list(existing) if isinstance(existing, list) else []) + krm_results
+    output[KRM_RESULTS] = (list(existing) if isinstance(existing, list) else []) + [
+        _krm_result(report, items) for report in reports
+    ]
     stdout.write(yamltext.dump(output))
-    status = _status(reports)
-    return max(status, EXIT_FAILED if refused else EXIT_OK)
+    return _status(reports)
 
 
 def _krm_result(report: Report, items: Sequence[Any]) -> dict[str, Any]:
     target = report.result.target
-    # The message without the `<stdin>:LINE:` prefix: the file is in `file`.
-    message = report.message.split(": ", 1)[1] if ": " in report.message else report.message
-    result: dict[str, Any] = {"message": message, "severity": report.severity}
+    result: dict[str, Any] = {"message": report.text, "severity": report.severity}
     ref = target.resource
     resource_ref = {"apiVersion": ref.api_version, "kind": ref.kind, "name": ref.name}
     if ref.namespace:
