@@ -74,12 +74,10 @@ class InvalidManifest(DigestguardError):
         self.line = line
         self.problem = problem
         self.source = source
-        where = source + (f":{line}" if line is not None else "")
+        where = source
+        if line is not None:
+            where = f"{source}:{line}" if source else f"line {line}"
         super().__init__(f"{where}: {problem}" if where else problem)
-
-    def at(self, source: str) -> "InvalidManifest":
-        """The same error, naming the file it is in."""
-        return InvalidManifest(self.line, self.problem, source)
 
 
 class KubernetesError(DigestguardError):

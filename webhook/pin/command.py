@@ -130,7 +130,7 @@ def _policies(files: Sequence[str]) -> tuple[policies.Policy, ...] | None:
                 )
             )
         except errors.InvalidManifest as error:
-            raise error.at(name) from None
+            raise errors.InvalidManifest(error.line, error.problem, name) from None
     if not found:
         raise errors.ConfigurationError(f"--policy: no DigestPolicy in {', '.join(files)}")
     return tuple(found)
@@ -189,7 +189,7 @@ def _parsed(name: str, path: pathlib.Path | None, text: str, bom: bool) -> Sourc
     try:
         documents = yamltext.load(text)
     except errors.InvalidManifest as error:
-        raise error.at(name) from None
+        raise errors.InvalidManifest(error.line, error.problem, name) from None
     return Source(name, path, text, bom, documents)
 
 
