@@ -174,6 +174,27 @@ def test_standard_input_is_pinned_to_standard_output_passing_other_documents_thr
     assert result.stdout == stream.replace(f"{image}:v1", f"{image}:v1@{digest}")
 
 
+def test_the_items_of_a_list_are_pinned_including_ephemeral_containers(
+    moto_server: ecr_emulator.MotoServer,
+) -> None:
+    image, digest = fresh(moto_server.url)
+    stream = f"""apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {{name: debugged}}
+  spec:
+    containers: [{{name: app, image: {image}@{digest}}}]
+    ephemeralContainers:
+    - name: debugger
+      image: {image}:v1
+"""
+    result = pin(moto_server.url, "-", stdin=stream)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == stream.replace(f"image: {image}:v1", f"image: {image}:v1@{digest}")
+
+
 def test_stdout_mode_leaves_the_files_as_they_are(
     moto_server: ecr_emulator.MotoServer, tmp_path: Path
 ) -> None:
