@@ -446,6 +446,56 @@ def test_an_image_written_as_a_block_scalar_is_reported_and_left_as_it_is(
     assert manifest.read_bytes() == before
 
 
+def test_an_image_from_a_merge_key_is_reported_with_its_container_not_a_traceback(
+    moto_server: ecr_emulator.MotoServer, tmp_path: Path
+) -> None:
+    image, digest = fresh(moto_server.url)
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(
+        f"base: &base {{image: {image}:v1}}\nkind: Pod\nmetadata: {{name: p}}\n"
+        "spec:\n  containers:\n  - <<: *base\n    name: merged\n"
+    )
+    before = manifest.read_bytes()
+    result = pin(moto_server.url, str(manifest))
+    assert result.returncode == 1
+    assert f"{manifest}: containers[merged] in Pod p: image '{image}:v1' is not written" in (
+        result.stderr
+    )
+    assert f"write it as {image}:v1@{digest}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert manifest.read_bytes() == before
+
+
+def test_bytes_that_are_not_utf8_are_refused_with_their_line(
+    moto_server: ecr_emulator.MotoServer,
+) -> None:
+    env = os.environ | ecr_emulator.FAKE_CREDENTIALS
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "pin", "--ecr-endpoint-url", moto_server.url, "-"],
+        input=b"kind: Pod\nmetadata:\n  name: caf\xe9\n",
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 64
+    assert result.stderr == b"digestguard pin: <stdin>:3: not UTF-8 text\n"
+
+
+def test_a_symbolic_link_stays_a_link_to_the_pinned_file(
+    moto_server: ecr_emulator.MotoServer, tmp_path: Path
+) -> None:
+    image, digest = fresh(moto_server.url)
+    target = tmp_path / "real.yaml"
+    target.write_text(deployment(f"{image}:v1"))
+    link = tmp_path / "linked.yaml"
+    link.symlink_to(target)
+    result = pin(moto_server.url, str(link))
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink()
+    assert f"image: {image}:v1@{digest}\n" in target.read_text()
+
+
 def test_a_path_that_does_not_exist_is_a_usage_error(moto_server: ecr_emulator.MotoServer) -> None:
     result = pin(moto_server.url, "/nonexistent/manifests")
     assert result.returncode == 64

@@ -70,6 +70,12 @@ def test_a_plain_scalar_that_only_starts_with_the_image_is_not_edited() -> None:
     assert yamltext.apply("image: nginx:1.27\n", [edit]) == ("image: nginx:1.27\n", [edit])
 
 
+def test_a_key_merged_from_an_anchor_has_no_position_of_its_own() -> None:
+    [document] = yamltext.load("b: &b {image: x:1}\nspec:\n  containers:\n  - <<: *b\n")
+    assert document["spec"]["containers"][0]["image"] == "x:1"
+    assert yamltext.position(document, ("spec", "containers", 0, "image")) is None
+
+
 @pytest.mark.parametrize(
     ("text", "line", "words"),
     [

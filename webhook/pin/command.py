@@ -111,9 +111,10 @@ def run(options: Options, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
     reports = _judge_all(sources, results, check=options.check)
     for report in reports:
         print(report.message, file=stderr)
+    status = _status(reports)
     if not options.check:
-        _write(sources, options, stdout)
-    return _status(reports)
+        status = max(status, _write(sources, options, stdout, stderr))
+    return status
 
 
 def _policies(files: Sequence[str]) -> tuple[policies.Policy, ...] | None:
@@ -151,9 +152,12 @@ def _sources(paths: Sequence[str], stdin: TextIO) -> Iterator[Source]:
 def _named_sources(paths: Sequence[str], stdin: TextIO) -> Iterator[Source]:
     for raw in paths:
         if raw == STDIN:
-            text = stdin.read()
-            bom = text.startswith("\ufeff")
-            yield _parsed(STDIN_NAME, None, text.removeprefix("\ufeff"), bom)
+            binary = getattr(stdin, "buffer", None)
+            if binary is None:
+                text = stdin.read()
+                yield _parsed(STDIN_NAME, None, text.removeprefix("\ufeff"), text[:1] == "\ufeff")
+            else:
+                yield _parsed(STDIN_NAME, None, *_decoded(binary.read(), STDIN_NAME))
             continue
         path = pathlib.Path(raw)
         if path.is_dir():
@@ -177,6 +181,11 @@ def _read(path: pathlib.Path, name: str) -> tuple[str, bool]:
         data = path.read_bytes()
     except OSError as error:
         raise errors.ConfigurationError(f"{name}: {error.strerror or error}") from None
+    return _decoded(data, name)
+
+
+def _decoded(data: bytes, name: str) -> tuple[str, bool]:
+    """The text of UTF-8 bytes (a byte order mark dropped), and whether it had one."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -299,8 +308,12 @@ def _status(reports: Iterable[Report]) -> int:
     return status
 
 
-def _write(sources: Sequence[Source], options: Options, stdout: TextIO) -> None:
-    """Write each source's pinned text: in place when it changed, or to standard output."""
+def _write(sources: Sequence[Source], options: Options, stdout: TextIO, stderr: TextIO) -> int:
+    """Write each source's pinned text: in place when it changed, or to standard output.
+
+    A file that cannot be written is named, and the others are still written; 64 then.
+    """
+    status = EXIT_OK
     to_stdout = options.stdout or any(source.path is None for source in sources)
     for number, source in enumerate(sources):
         text = source.pinned
@@ -309,11 +322,20 @@ def _write(sources: Sequence[Source], options: Options, stdout: TextIO) -> None:
                 stdout.write("---\n")
             stdout.write(text if text.endswith("\n") or not text else text + "\n")
         elif text != source.text and source.path is not None:
-            _replace(source.path, ("\ufeff" if source.bom else "") + text)
+            try:
+                _replace(source.path.resolve(), ("\ufeff" if source.bom else "") + text)
+            except OSError as error:
+                print(
+                    f"digestguard pin: {source.name}: not written: {error.strerror or error}",
+                    file=stderr,
+                )
+                status = EXIT_USAGE
+    return status
 
 
 def _replace(path: pathlib.Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in its folder, renamed over it."""
+    """Write `text` to `path` through a temporary file in its folder, renamed over it
+    (`path` resolved: a symbolic link stays a link, to the file now pinned)."""
     mode = path.stat().st_mode & 0o7777
     descriptor, temporary = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"

@@ -74,15 +74,19 @@ def start_line(document: Any) -> int | None:
 
 
 def position(document: Any, path: Sequence[pinning.PathKey]) -> tuple[int, int] | None:
-    """(line, column), from 0, where the node at `path` is written, or None if unknown."""
-    node = document
-    for key in path[:-1]:
-        node = node[key]
-    last = path[-1]
-    if isinstance(node, ruamel.yaml.comments.CommentedMap):
-        return _pair(node.lc.value(last))
-    if isinstance(node, ruamel.yaml.comments.CommentedSeq) and isinstance(last, int):
-        return _pair(node.lc.item(last))
+    """(line, column), from 0, where the node at `path` is written, or None if unknown
+    (a key that comes from a `<<` merge has no position of its own)."""
+    try:
+        node = document
+        for key in path[:-1]:
+            node = node[key]
+        last = path[-1]
+        if isinstance(node, ruamel.yaml.comments.CommentedMap):
+            return _pair(node.lc.value(last))
+        if isinstance(node, ruamel.yaml.comments.CommentedSeq) and isinstance(last, int):
+            return _pair(node.lc.item(last))
+    except (KeyError, IndexError, TypeError):
+        return None
     return None
 
 
