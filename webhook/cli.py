@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from webhook import __version__, app, errors, logs
 from webhook.core import durations, outcomes, pinning, references, text
@@ -112,8 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (EX_USAGE): argparse's own 2 is what `resolve`
+    and `pin` say when a registry could not tell."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digestguard", description=__doc__)
+    parser = _Parser(prog="digestguard", description=__doc__)
     parser.add_argument("--version", action="version", version=f"digestguard {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 

@@ -496,6 +496,14 @@ def test_a_symbolic_link_stays_a_link_to_the_pinned_file(
     assert f"image: {image}:v1@{digest}\n" in target.read_text()
 
 
+def test_an_unknown_flag_is_a_usage_error_not_the_exit_code_of_a_registry_failure(
+    moto_server: ecr_emulator.MotoServer,
+) -> None:
+    result = pin(moto_server.url, "--pin-everything", "-")
+    assert result.returncode == 64
+    assert "digestguard: error: unrecognized arguments: --pin-everything" in result.stderr
+
+
 def test_a_path_that_does_not_exist_is_a_usage_error(moto_server: ecr_emulator.MotoServer) -> None:
     result = pin(moto_server.url, "/nonexistent/manifests")
     assert result.returncode == 64
