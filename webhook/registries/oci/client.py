@@ -71,7 +71,7 @@ from typing import Final
 from webhook import errors, metrics
 from webhook.core import outcomes, references
 from webhook.registries import manifests, protocol, retries
-from webhook.registries.oci import auth, transport
+from webhook.registries.oci import auth, dockerconfig, transport
 
 logger = logging.getLogger("digestguard.oci")
 
@@ -122,6 +122,7 @@ class OciClient:
         read_timeout: float = 3.0,
         max_idle_connections: int = 32,
         clock: Callable[[], float] = time.monotonic,
+        credentials: dockerconfig.Credentials | None = None,
     ) -> None:
         self._insecure = frozenset(_insecure_entry(entry) for entry in insecure_registries)
         self._transport = transport.Transport(
@@ -130,7 +131,9 @@ class OciClient:
             read_timeout=read_timeout,
             max_idle_connections=max_idle_connections,
         )
-        self._tokens = auth.Tokens(self._transport, may_go_to=self._may_use, clock=clock)
+        self._tokens = auth.Tokens(
+            self._transport, may_go_to=self._may_use, clock=clock, credentials=credentials
+        )
         self._verified: collections.OrderedDict[tuple[str, str, str], str] = (
             collections.OrderedDict()
         )
@@ -322,13 +325,13 @@ class OciClient:
             f"/v2/{urllib.parse.quote(repository.name, safe='/')}"
             f"/manifests/{urllib.parse.quote(reference, safe=':')}"
         )
-        token = self._tokens.cached(repository)
+        authorization = self._tokens.cached_authorization(repository)
         fresh_token = False
         while True:
             response = self._transport.get(
                 url,
                 headers={"Accept": ", ".join(protocol.ACCEPTED_MEDIA_TYPES)},
-                authorization=None if token is None else f"Bearer {token}",
+                authorization=authorization,
                 budget_end=budget_end,
                 max_bytes=MAX_MANIFEST_BYTES,
                 may_go_to=lambda origin: self._may_use(origin, repository.registry),
@@ -339,7 +342,7 @@ class OciClient:
             if response.status == 401:
                 if fresh_token:
                     raise errors.Refused(auth.unauthorized(repository, response, after_token=True))
-                token = self._tokens.fetched(repository, response, budget_end)
+                authorization = self._tokens.authorization(repository, response, budget_end)
                 fresh_token = True
                 continue
             if response.status == 429 or response.status >= 500:
