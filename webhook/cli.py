@@ -17,6 +17,7 @@ from webhook import __version__, app, errors, logs
 from webhook.core import durations, outcomes, pinning, references, text
 from webhook.pin import command
 from webhook.registries import oneshot
+from webhook.registries.oci import dockerconfig
 
 logger = logging.getLogger("digestguard.cli")
 
@@ -288,6 +289,7 @@ def _resolve(options: argparse.Namespace) -> int:
         ecr_endpoint_url=options.ecr_endpoint_url or None,
         plain_http=plain_http,
         ca_file=options.registry_ca_file or None,
+        credentials=dockerconfig.from_environment(),
     )
     status = 0
     for reference in parsed:
@@ -331,6 +333,7 @@ def _pin(options: argparse.Namespace) -> int:
         ecr_endpoint_url=options.ecr_endpoint_url or None,
         plain_http=references.plain_http_hosts(_hosts(options.insecure_registries)),
         ca_file=options.registry_ca_file or None,
+        credentials=dockerconfig.from_environment(),
     )
     return command.run(pin_options, sys.stdin, sys.stdout, sys.stderr)
 

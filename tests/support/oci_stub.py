@@ -13,6 +13,7 @@ records every request.
         ...  # point an OciClient at stub.host, listed as an insecure registry
 """
 
+import base64
 import dataclasses
 import hashlib
 import http.server
@@ -57,6 +58,8 @@ class OciStub:
         without it answers."""
         self.auth: str | None = None
         """None, BEARER (anonymous token flow) or BASIC (credentials required)."""
+        self.basic_account: tuple[str, str] | None = None
+        """BASIC mode: the (user, password) accepted; None accepts nobody."""
         self.token_expires_in = 300
         self.refuse_tokens = False
         """Bearer mode: the token endpoint answers 401 instead of a token."""
@@ -147,6 +150,10 @@ class OciStub:
 
             def _authorized(self) -> bool:
                 given = self.headers.get("Authorization", "")
+                if stub.auth == BASIC and stub.basic_account is not None:
+                    pair = ":".join(stub.basic_account).encode()
+                    if given == "Basic " + base64.b64encode(pair).decode():
+                        return True
                 if stub.auth == BASIC:
                     self._error(
                         401,

@@ -23,6 +23,7 @@ from webhook import errors
 from webhook.core import outcomes, pinning, policies, references
 from webhook.pin import yamltext
 from webhook.registries import oneshot
+from webhook.registries.oci import dockerconfig
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -46,6 +47,7 @@ class Options:
     ecr_endpoint_url: str | None = None
     plain_http: references.PlainHttpHosts = references.NO_PLAIN_HTTP
     ca_file: str | None = None
+    credentials: dockerconfig.Credentials | None = None
 
 
 @dataclasses.dataclass
@@ -234,6 +236,7 @@ def _lookup(sources: Sequence[Source], options: Options) -> dict[outcomes.Query,
         ecr_endpoint_url=options.ecr_endpoint_url,
         plain_http=options.plain_http,
         ca_file=options.ca_file,
+        credentials=options.credentials,
     )
 
 

@@ -1,5 +1,7 @@
-"""The anonymous Bearer token flow of the distribution API: `WWW-Authenticate` challenges
-and the tokens they lead to.
+"""The Bearer token flow of the distribution API: `WWW-Authenticate` challenges and the
+tokens they lead to, anonymous unless a Docker config gave credentials for the registry
+(`dockerconfig`; the command line only), which then go to the token endpoint as Basic
+credentials, or to the registry itself when it asks for Basic.
 
 A registry that wants a token answers 401 with `WWW-Authenticate: Bearer realm=…,
 service=…,scope=…`; the token endpoint (`realm`) hands an anonymous client a token for
@@ -113,11 +115,20 @@ def pull_scope(repository: outcomes.Repository) -> str:
 
 
 def unauthorized(
-    repository: outcomes.Repository, response: transport.Response, *, after_token: bool
+    repository: outcomes.Repository,
+    response: transport.Response,
+    *,
+    after_token: bool,
+    with_credentials: bool = False,
 ) -> str:
-    """Why a 401 answer means the repository is closed to an anonymous client."""
+    """Why a 401 answer means the repository is closed to this client."""
     code, message = response.error()
     said = f"HTTP 401{f' {code}: {message}' if code else ''}"
+    if with_credentials:
+        return (
+            f"{repository.registry} refused the credentials of the Docker config for"
+            f" {repository.name} ({said})"
+        )
     if after_token:
         return (
             f"{repository.registry} refused the anonymous token for {repository.name} ({said}):"
@@ -171,6 +182,9 @@ class Tokens:
         )
         self._issuers: dict[str, _Issuer] = {}
         self._lock = threading.Lock()
+
+    def has_credentials(self, registry: str) -> bool:
+        return registry in self._credentials
 
     def cached(self, repository: outcomes.Repository) -> str | None:
         """A live token for pulling `repository`, from its registry's last challenge."""

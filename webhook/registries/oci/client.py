@@ -341,7 +341,14 @@ class OciClient:
                 return response
             if response.status == 401:
                 if fresh_token:
-                    raise errors.Refused(auth.unauthorized(repository, response, after_token=True))
+                    raise errors.Refused(
+                        auth.unauthorized(
+                            repository,
+                            response,
+                            after_token=True,
+                            with_credentials=self._tokens.has_credentials(repository.registry),
+                        )
+                    )
                 authorization = self._tokens.authorization(repository, response, budget_end)
                 fresh_token = True
                 continue

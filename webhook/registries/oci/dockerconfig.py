@@ -67,7 +67,7 @@ def parse(text: str, source: str) -> dict[str, Credential]:
         raise errors.ConfigurationError(f"{source}: not JSON ({error})") from None
     if not isinstance(document, dict):
         raise errors.ConfigurationError(f"{source}: not a JSON object")
-    auths = document.get("auths") or {}
+    auths = document.get("auths", {})
     if not isinstance(auths, dict):
         raise errors.ConfigurationError(f"{source}: 'auths' is not an object")
     found: dict[str, Credential] = {}
