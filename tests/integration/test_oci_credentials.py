@@ -99,6 +99,9 @@ def test_refused_credentials_are_named_as_such_and_the_password_is_never_shown(
     config = docker_config(tmp_path / "wrong", private_registry.host, password="wrong-one")
     result = pin(private_registry, "--check", str(manifest), config=config)
     assert result.returncode == 2
+    assert f"refused the credentials of the Docker config for {private_registry.host}" in (
+        result.stderr
+    )
     assert "wrong-one" not in result.stderr
     assert PASSWORD not in result.stderr
 

@@ -299,6 +299,12 @@ class Tokens:
         metrics.REGISTRY_CALLS.labels(GET_TOKEN, "ok" if token else "error").inc()
         if token is None:
             code, message = response.error()
+            if self.has_credentials(repository.registry):
+                raise errors.Refused(
+                    f"the token endpoint {realm} refused the credentials of the Docker config"
+                    f" for {repository.registry} (HTTP {response.status}"
+                    f"{f' {code}: {message}' if code else ''}), or gave no token for {scope}"
+                )
             raise errors.Refused(
                 f"the token endpoint {realm} gave no anonymous token for {scope}"
                 f" (HTTP {response.status}{f' {code}: {message}' if code else ''});"
