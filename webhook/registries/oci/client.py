@@ -16,10 +16,12 @@ a manifest GET as a pull, a HEAD not):
   `MAX_VERIFIED_DIGESTS`): its bytes cannot change, only its existence can;
 - any HEAD answer other than 200 with a digest (an error, a registry without HEAD,
   a digest other than the one asked) is asked again as a GET, whose answer is the
-  one the table below reads. Pulls are anonymous: the Bearer
-token flow (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`) is followed without
-credentials (`auth`), and each token is kept per (realm, service, scope) until its
-`expires_in`.
+  one the table below reads.
+
+The Bearer token flow (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`) is followed
+(`auth`), anonymously unless the client was given `credentials` (the command line's,
+from the user's Docker config), and each token is kept per (realm, service, scope)
+until its `expires_in`.
 
 What each answer becomes (`Missing` denies under Mutate/Enforce, `Unknown` goes to
 the policy's `onResolveError`):
