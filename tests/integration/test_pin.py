@@ -23,13 +23,19 @@ HERE = Path(__file__).resolve().parent
 GOLDEN_TREE = HERE / "pin-golden" / "tree"
 GOLDEN_EXPECTED = HERE / "pin-golden" / "expected"
 HOST = ecr_emulator.registry_host()
+NO_DOCKER_CONFIG = HERE / "pin-golden" / "no-docker-config"
+"""A folder that does not exist: the tests do not read the developer's credentials."""
 GOLDEN_REPOSITORIES = {"golden/web": "v1", "golden/worker": "v2", "golden/sidecar": "1.0"}
 
 
 def pin(
     moto_url: str, *args: str, stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = os.environ | ecr_emulator.FAKE_CREDENTIALS | {"AWS_DEFAULT_REGION": ecr_emulator.REGION}
+    env = (
+        os.environ
+        | ecr_emulator.FAKE_CREDENTIALS
+        | {"AWS_DEFAULT_REGION": ecr_emulator.REGION, "DOCKER_CONFIG": str(NO_DOCKER_CONFIG)}
+    )
     return subprocess.run(
         [sys.executable, "-m", "webhook", "pin", "--ecr-endpoint-url", moto_url, *args],
         input=stdin,
