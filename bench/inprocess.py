@@ -17,6 +17,8 @@ import json
 import pstats
 import re
 import time
+import tracemalloc
+import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, cast
 
@@ -25,9 +27,9 @@ from kopf._cogs.structs import references as kopf_references
 from kopf._core.engines import admission as kopf_admission
 
 from bench import reviews
-from webhook.core import decisions, outcomes, policies, references
+from webhook.core import decisions, outcomes, policies, references, revisions
 from webhook.registries import resolver
-from webhook.serving import admission
+from webhook.serving import admission, rollouts
 
 _DIGEST = "sha256:" + "a" * 64
 _PATH_PREFIX = re.compile(r"/\S*/(?:site-packages|lib/python3\.\d+)/|/\S*/(?=webhook/)")
@@ -77,11 +79,13 @@ async def _atime(iterations: int, step: Callable[[], Awaitable[object]]) -> floa
 
 async def _run(iterations: int) -> dict[str, Any]:
     the_resolver = resolver.Resolver(_CachedOnly())
+    the_rollouts = rollouts.Rollouts(lambda *_: [], lambda *_: None)
     the_admission = admission.Admission(
         resolver=the_resolver,
         own_namespace="digestguard",
         resolve_deadline=5.0,
         read_namespace_labels=lambda _: asyncio.sleep(0, {}),
+        rollouts=the_rollouts,
     )
     insights = kopf_references.Insights()
     insights.webhook_resources.add(
@@ -121,6 +125,22 @@ async def _run(iterations: int) -> dict[str, Any]:
     own = json.dumps(reviews.create("p", images, namespace="digestguard"))
     first = await served(json.loads(mutate), webhook="mutate-pods", headers={}, sslpeer={})
     assert first["response"].get("patch"), first  # the cache is warm and the pod is pinned
+    of_replicaset = json.loads(mutate)
+    metadata = of_replicaset["request"]["object"]["metadata"]
+    metadata["labels"] = {**metadata.get("labels", {}), "pod-template-hash": "6dd57c7c59"}
+    metadata["ownerReferences"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": "web-6dd57c7c59",
+            "uid": "0f6c2b55-9d3e-4c77-a1f4-2f2d9a1c0b11",
+            "controller": True,
+        }
+    ]
+    replicaset = json.dumps(of_replicaset)
+    first = await served(json.loads(replicaset), webhook="mutate-pods", headers={}, sslpeer={})
+    assert first["response"].get("patch"), first
+    assert len(the_rollouts) == 1  # the revision is remembered: no list of pods from here on
 
     steps: dict[str, float] = {}
     steps["json.loads of the AdmissionReview (2 KB)"] = _time(
@@ -133,6 +153,12 @@ async def _run(iterations: int) -> dict[str, Any]:
     steps["kopf webhook function, warm Mutate of a 3-container pod"] = await _atime(
         iterations,
         lambda: served(json.loads(mutate), webhook="mutate-pods", headers={}, sslpeer={}),
+    )
+    steps[
+        "kopf webhook function, warm Mutate of a ReplicaSet's pod (revision remembered)"
+    ] = await _atime(
+        iterations,
+        lambda: served(json.loads(replicaset), webhook="mutate-pods", headers={}, sslpeer={}),
     )
     steps["  same, patch made by kopf's deepcopy + jsonpatch diff (before b6769e1)"] = await _atime(
         iterations,
@@ -167,11 +193,41 @@ async def _run(iterations: int) -> dict[str, Any]:
     stats = pstats.Stats(profiler, stream=text)
     stats.sort_stats("tottime").print_stats(25)
     await the_resolver.aclose()
+    the_rollouts.close()
     return {
         "iterations": iterations,
         "microseconds": {k: round(v, 1) for k, v in steps.items()},
         "profile_by_own_time": _trim(text.getvalue()),
+        "revision_memory": _revision_memory(rollouts.CAPACITY),
     }
+
+
+def _revision_memory(count: int) -> dict[str, Any]:
+    """Bytes held per remembered revision (one image each), everything it keeps included."""
+    memory = rollouts.Rollouts(lambda *_: [], lambda *_: None, capacity=count)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for index in range(count):
+        template_hash = uuid.uuid4().hex[:10]
+        revision = revisions.Revision(
+            f"team-{index % 50}",
+            "ReplicaSet",
+            f"service-{index:05d}-{template_hash}",
+            str(uuid.uuid4()),
+            template_hash,
+            f"pod-template-hash={template_hash}",
+        )
+        image = f"111122223333.dkr.ecr.eu-west-1.amazonaws.com/team/service-{index:05d}:v1.2.3"
+        digest = references.Digest(f"sha256:{index:064x}")
+        verdict = decisions.Verdict(
+            True, (), (), (), {}, (), revision_digests={image: digest}, repins=()
+        )
+        memory.record(revision, {}, verdict, unread=False)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    memory.close()
+    return {"revisions": count, "bytes": held, "bytes_per_revision": round(held / count)}
 
 
 def _trim(profile: str) -> str:

@@ -967,11 +967,23 @@ def _breakdown(document: dict[str, Any]) -> str:
             f"`bench/inprocess.py`: kopf's webhook function bound as the operator binds it, our"
             f" handlers, a warm cache; mean of {results['iterations']} calls each.\n",
             _table(["step", "µs"], list(results["microseconds"].items())),
+            *_revision_memory(results.get("revision_memory")),
             "cProfile of the warm Mutate call, by own time (cProfile inflates call-heavy code;"
             " use it for ranking, the table above for sizes):\n",
             "```\n" + results["profile_by_own_time"] + "\n```\n",
         ]
     )
+
+
+def _revision_memory(measured: dict[str, Any] | None) -> list[str]:
+    if not measured:
+        return []
+    return [
+        f"One revision, one digest: {measured['revisions']:,} remembered revisions (one image"
+        f" each; the most a replica keeps) hold {measured['bytes'] / 2**20:.1f} MiB,"
+        f" {measured['bytes_per_revision']} bytes each (tracemalloc). Nothing is kept per pod:"
+        " 100,000 pods in 10,000 ReplicaSets cost the same as 10,000 ReplicaSets of one pod.\n",
+    ]
 
 
 def main() -> None:

@@ -6,16 +6,18 @@ that drain it. `webhook.cli` turns flags into a `Config`; nothing here reads a f
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import signal
+import socket
 import sys
 from typing import Final
 
 from webhook import errors
-from webhook.core import references
+from webhook.core import references, revisions
 from webhook.registries import ecr, oci, resolver, routing
-from webhook.serving import admission, kubeapi, server
+from webhook.serving import admission, kubeapi, rollouts, server
 from webhook.tls import secret
 
 logger = logging.getLogger("digestguard.app")
@@ -64,6 +66,21 @@ time the loop gives up the GIL it waited up to 5 ms to get it back. Measured wit
 5 ms, 6.5 ms at 1 ms. With only the event loop running it costs nothing."""
 
 
+def _post_warning(
+    revision: revisions.Revision, reason: str, message: str, *, reporter: str
+) -> None:
+    kubeapi.post_warning(
+        namespace=revision.namespace,
+        api_version=revision.api_version,
+        kind=revision.kind,
+        name=revision.name,
+        uid=revision.uid,
+        reason=reason,
+        message=message,
+        reporter=reporter,
+    )
+
+
 async def run(config: Config) -> None:
     """Build the webhook from `config` and serve until SIGTERM (after the shutdown delay)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
@@ -84,6 +101,7 @@ async def run(config: Config) -> None:
             ecr.EcrClient(
                 endpoint_url=config.ecr_endpoint_url or None,
                 max_pool_connections=max(32, config.registry_workers),
+                upstream=oci_client,
             ),
             oci_client,
         ),
@@ -93,12 +111,18 @@ async def run(config: Config) -> None:
         max_entries=config.cache_max_entries,
         workers=config.registry_workers,
     )
+    the_rollouts = rollouts.Rollouts(
+        kubeapi.list_pods,
+        functools.partial(_post_warning, reporter=socket.gethostname()),
+        plain_http=config.insecure_registries,
+    )
     the_admission = admission.Admission(
         resolver=the_resolver,
         own_namespace=config.namespace,
         resolve_deadline=config.resolve_deadline,
         read_namespace_labels=kubeapi.namespace_labels,
         plain_http=config.insecure_registries,
+        rollouts=the_rollouts,
     )
     admission_server = server.AdmissionServer(
         address=config.address,
@@ -199,5 +223,6 @@ async def run(config: Config) -> None:
                 await tls_task
         await health.stop()
         await the_resolver.aclose()
+        the_rollouts.close()
         oci_client.close()
         logger.info("stopped")

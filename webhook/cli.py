@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
         help="print images pinned to their digests",
         description="Resolve image references to digests (ECR private registries with "
         "BatchGetImage, any other registry with the OCI distribution API) and print them "
-        "pinned. Exit 1 if an image does not exist, 2 if the registry could not tell.",
+        "pinned. Exit 1 if an image does not exist or is archived, 2 if the registry could"
+        " not tell.",
     )
     resolve.add_argument("images", nargs="+", metavar="IMAGE")
     resolve.add_argument("--drop-tag", action="store_true", help="print repo@sha256:… only")
@@ -303,6 +304,9 @@ def _resolve(options: argparse.Namespace) -> int:
                 f"{reference.original}: not found ({outcome.code}: {outcome.message})",
                 file=sys.stderr,
             )
+        elif isinstance(outcome, outcomes.Archived):
+            status = max(status, EXIT_MISSING)
+            print(f"{reference.original}: {outcome.message}", file=sys.stderr)
         else:
             status = EXIT_UNKNOWN
             print(f"{reference.original}: {outcome.message}", file=sys.stderr)

@@ -88,6 +88,19 @@ CACHE_ENTRIES: Final = prometheus_client.Gauge(
     ["cache"],
     registry=REGISTRY,
 )
+ROLLOUT_PINS: Final = prometheus_client.Counter(
+    "digestguard_rollout_pins",
+    "Images of pods of a controller revision pinned, by how: revision (the digest its pods"
+    " run), first (the revision's first pod, asked afresh), gone (its digest no longer"
+    " exists: pinned afresh), unread (its pods could not be read: pinned from the cache).",
+    ["how"],
+    registry=REGISTRY,
+)
+ROLLOUT_REVISIONS: Final = prometheus_client.Gauge(
+    "digestguard_rollout_revisions",
+    "Controller revisions whose digests this replica remembers.",
+    registry=REGISTRY,
+)
 POLICIES_LOADED: Final = prometheus_client.Gauge(
     "digestguard_policies_loaded",
     "DigestPolicies currently enforced (accepted ones only).",

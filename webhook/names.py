@@ -13,6 +13,9 @@ PLURAL: Final = "digestpolicies"
 SHORT_NAME: Final = "dgp"
 POLICY_RESOURCE: Final = f"{PLURAL}.{GROUP}"
 
+COMPONENT: Final = "digestguard"
+"""How Events and field managers name the webhook."""
+
 ANNOTATION_ORIGINAL_IMAGES: Final = f"{GROUP}/original-images"
 LABEL_EXCLUDE_NAMESPACE: Final = f"{GROUP}/exclude"
 
@@ -53,9 +56,14 @@ REASON_INVALID: Final = "InvalidSpec"
 
 # Reasons carried by denials and warnings; each is also a metric label value.
 REASON_IMAGE_MISSING: Final = "ImageMissing"
+REASON_IMAGE_ARCHIVED: Final = "ImageArchived"
+REASON_NOT_IMPORTED: Final = "NotImportedThroughCache"
 REASON_TAG_NOT_PINNED: Final = "TagNotPinned"
 REASON_REGISTRY_UNAVAILABLE: Final = "RegistryUnavailable"
 REASON_INTEGRITY: Final = "DigestMismatch"
 REASON_INVALID_REFERENCE: Final = "InvalidImageReference"
 REASON_TAG_MOVED: Final = "TagMoved"
 REASON_STALE_DIGEST: Final = "StaleDigest"
+REASON_REVISION_KEPT: Final = "RevisionDigestKept"
+REASON_REVISION_DIGEST_GONE: Final = "RevisionDigestGone"
+REASON_REVISION_UNREAD: Final = "RevisionUnread"

@@ -988,3 +988,29 @@ def test_uninstall_removes_the_webhook_configurations_before_anything_else(
     assert raw(
         client.ApiextensionsV1Api(api).read_custom_resource_definition, names.POLICY_RESOURCE
     )
+
+
+def test_an_install_with_the_autoscaler_leaves_the_replica_count_to_it(
+    api: Any, release: Release
+) -> None:
+    release.install("--set", "autoscaling.enabled=true", "--set", "autoscaling.maxReplicas=4")
+
+    hpa = raw(
+        client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler,
+        release.fullname,
+        release.namespace,
+    )
+    assert hpa["spec"]["scaleTargetRef"]["name"] == release.fullname
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    deployment = raw(
+        client.AppsV1Api(api).read_namespaced_deployment, release.fullname, release.namespace
+    )
+    # Without `replicas` in the chart, the apiserver's default (1) stands until the
+    # autoscaler raises it to minReplicas; a helm upgrade never resets it.
+    assert deployment["spec"]["replicas"] >= 1
+    budget = raw(
+        client.PolicyV1Api(api).read_namespaced_pod_disruption_budget,
+        release.fullname,
+        release.namespace,
+    )
+    assert budget["spec"]["maxUnavailable"] == 1

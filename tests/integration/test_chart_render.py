@@ -501,6 +501,53 @@ def test_a_single_replica_gets_no_budget_that_would_block_drains(helm: Path) -> 
     assert "PodDisruptionBudget" not in rendered.kinds()
 
 
+def test_no_autoscaler_by_default(defaults: Rendered) -> None:
+    assert "HorizontalPodAutoscaler" not in defaults.kinds()
+
+
+def test_the_autoscaler_scales_the_deployment_on_cpu_and_owns_its_replica_count(
+    helm: Path,
+) -> None:
+    rendered = render(helm, None, "autoscaling.enabled=true", "autoscaling.maxReplicas=5")
+    deployment = rendered.one("Deployment")
+    assert "replicas" not in deployment["spec"], "helm upgrade must not undo the autoscaler"
+    hpa = rendered.one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"] == {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": 70},
+    }
+    assert rendered.container["resources"]["requests"]["cpu"], "utilization needs a request"
+    assert rendered.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_an_autoscaler_that_could_leave_one_replica_is_refused(helm: Path) -> None:
+    message = refusal(
+        helm, "--set", "autoscaling.enabled=true", "--set", "autoscaling.minReplicas=1"
+    )
+    assert "autoscaling.minReplicas must be at least 2" in message
+
+
+def test_an_autoscaler_whose_maximum_is_below_its_minimum_is_refused(helm: Path) -> None:
+    message = refusal(
+        helm,
+        "--set",
+        "autoscaling.enabled=true",
+        "--set",
+        "autoscaling.minReplicas=3",
+        "--set",
+        "autoscaling.maxReplicas=2",
+    )
+    assert "autoscaling.maxReplicas (2) must be at least autoscaling.minReplicas (3)" in message
+
+
 def test_every_option_reaches_the_pod(helm: Path) -> None:
     rendered = render(helm, "everything.yaml")
     pod, container = rendered.pod_spec, rendered.container
@@ -518,6 +565,9 @@ def test_every_option_reaches_the_pod(helm: Path) -> None:
         "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/digestguard"
     }
     assert pod["serviceAccountName"] == account["metadata"]["name"]
+    hpa = rendered.one("HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 9)
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
 
 
 # --------------------------------------------------------------------------
@@ -542,6 +592,9 @@ def test_cluster_role_reads_policies_and_namespaces_and_patches_only_its_own_web
         (names.GROUP, names.PLURAL, (), ("get", "list", "watch")),
         (names.GROUP, f"{names.PLURAL}/status", (), ("patch",)),
         ("", "namespaces", (), ("get", "list", "watch")),
+        # One revision, one digest: list (never watch or get) pods; warn on owners.
+        ("", "pods", (), ("list",)),
+        ("", "events", (), ("create",)),
         (
             admission,
             "mutatingwebhookconfigurations",
@@ -600,7 +653,7 @@ def test_mounted_certificates_need_no_secret_or_webhook_rights(
     assert "Role" not in rendered.kinds()
     assert "RoleBinding" not in rendered.kinds()
     resources = {rule[1] for rule in _rules(rendered.one("ClusterRole"))}
-    assert resources == {names.PLURAL, f"{names.PLURAL}/status", "namespaces"}
+    assert resources == {names.PLURAL, f"{names.PLURAL}/status", "namespaces", "pods", "events"}
 
 
 # --------------------------------------------------------------------------
@@ -746,8 +799,10 @@ def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
         "action",
         "keepTag",
         "allowImmutableTags",
+        "allowPullThroughFirstPull",
         "onResolveError",
         "maxStale",
+        "pinScope",
     }
     assert spec["required"] == ["images"]
     assert fields["images"]["minItems"] == 1
@@ -755,7 +810,10 @@ def test_crd_schema_is_the_policy_contract(crd: dict[str, Any]) -> None:
     assert fields["action"]["enum"] == [action.value for action in policies.Action]
     assert fields["action"]["default"] == "Mutate"
     assert fields["keepTag"]["default"] is True
+    assert fields["pinScope"]["enum"] == [value.value for value in policies.PinScope]
+    assert fields["pinScope"]["default"] == policies.PinScope.ROLLOUT.value
     assert fields["allowImmutableTags"]["default"] is False
+    assert fields["allowPullThroughFirstPull"]["default"] is False
     assert fields["onResolveError"]["enum"] == [value.value for value in policies.OnResolveError]
     assert fields["onResolveError"]["default"] == "Deny"
     assert fields["maxStale"]["default"] == policies.DEFAULT_MAX_STALE

@@ -264,6 +264,114 @@ def test_a_missing_repository_is_missing_for_every_image(
     assert len(results) == 2
 
 
+# Archived images
+
+
+def test_an_archived_image_is_archived_with_the_command_that_restores_it(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(archived={"v1": "ARCHIVED"})
+
+    outcome = lookup(client)
+
+    assert isinstance(outcome, outcomes.Archived)
+    assert outcome.status == "ARCHIVED"
+    assert (
+        "aws ecr update-image-storage-class --registry-id 123456789012 --region us-east-1"
+        f" --repository-name team/app --image-id imageDigest={digest}"
+        " --target-storage-class STANDARD"
+    ) in outcome.message
+
+
+def test_an_archived_digest_is_archived(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(archived={"v1": "ARCHIVED"})
+
+    outcome = lookup(client, outcomes.Query(REPOSITORY, digest=digest))
+
+    assert isinstance(outcome, outcomes.Archived)
+
+
+def test_an_image_being_restored_is_archived_until_the_restore_completes(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(archived={"v1": "ACTIVATING"})
+
+    outcome = lookup(client)
+
+    assert isinstance(outcome, outcomes.Archived)
+    assert (outcome.status, "being restored" in outcome.message) == ("ACTIVATING", True)
+
+
+def test_the_archive_status_is_read_for_the_inaccessible_images_only(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.add_image(REPOSITORY.name, "v2", ecr_emulator.oci_manifest(), ecr_emulator.OCI_MANIFEST)
+    stub.configure(archived={"v1": "ARCHIVED"})
+
+    results = client.lookup(
+        REPOSITORY, [v1(), outcomes.Query(REPOSITORY, tag="v2")], timeout=BUDGET
+    )
+
+    (request,) = stub.requests("DescribeImages")
+    assert request["body"]["imageIds"] == [{"imageTag": "v1"}]
+    assert request["body"]["filter"] == {"imageStatus": "ANY"}
+    assert request["body"]["registryId"] == ecr_emulator.ACCOUNT
+    assert isinstance(results[outcomes.Query(REPOSITORY, tag="v2")], outcomes.Found)
+
+
+def test_no_archive_status_is_read_when_every_image_is_readable(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    lookup(client)
+
+    assert stub.requests("DescribeImages") == []
+
+
+def test_an_inaccessible_image_that_is_not_archived_stays_unknown(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(failures={"v1": "ImageInaccessible"})
+
+    outcome = lookup(client)
+
+    assert isinstance(outcome, outcomes.Unknown)
+    assert len(stub.requests("DescribeImages")) == 1
+
+
+def test_access_denied_on_describe_images_is_unknown_naming_that_action(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    stub.configure(archived={"v1": "ARCHIVED"})
+    stub.queue(ecr_stub.ANSWER, "AccessDeniedException")
+
+    outcome = lookup(client)
+
+    assert isinstance(outcome, outcomes.Unknown)
+    assert "ImageInaccessible" in outcome.message
+    assert "ecr:DescribeImages on arn:aws:ecr:us-east-1:123456789012:repository/team/app" in (
+        outcome.message
+    )
+
+
+async def test_an_archived_image_is_answered_as_archived_through_the_resolver_not_stale(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    the_resolver = resolver.Resolver(client, ttl=0.0)
+    try:
+        first = await the_resolver.resolve({v1(): 600.0}, deadline=time.monotonic() + BUDGET)
+        stub.configure(archived={"v1": "ARCHIVED"})
+        second = await the_resolver.resolve({v1(): 600.0}, deadline=time.monotonic() + BUDGET)
+        circuit = the_resolver.circuit(REPOSITORY.registry).state.value
+    finally:
+        await the_resolver.aclose()
+
+    assert isinstance(first[v1()], outcomes.Found)
+    assert isinstance(second[v1()], outcomes.Archived)
+    assert circuit == "closed"
+
+
 # Whole-call errors
 
 
@@ -273,7 +381,6 @@ def test_a_missing_repository_is_missing_for_every_image(
         "ThrottlingException",
         "LimitExceededException",
         "ServerException",
-        "UnableToGetUpstreamImageException",
         ecr_stub.RESET,
     ],
 )
@@ -286,6 +393,17 @@ def test_a_transient_error_is_retried(
 
     assert outcome == outcomes.Found(digest, ecr_emulator.DOCKER_MANIFEST)
     assert len(stub.requests()) == 2
+
+
+def test_unable_to_get_upstream_image_is_not_retried(
+    client: ecr.EcrClient, stub: ecr_stub.EcrStub, digest: references.Digest
+) -> None:
+    # The API model: "usually caused" by the upstream credential in Secrets Manager.
+    stub.configure(always="UnableToGetUpstreamImageException")
+
+    with pytest.raises(errors.RegistryError, match="UnableToGetUpstreamImageException"):
+        lookup(client)
+    assert len(stub.requests("BatchGetImage")) == 1
 
 
 def test_botocore_does_not_retry_on_its_own(

@@ -30,7 +30,7 @@ from kopf._core.reactor import inventory
 from kubernetes import client
 from kubernetes.config import kube_config
 
-from tests.support import cluster, ecr_stub
+from tests.support import cluster, ecr_emulator, ecr_stub, oci_stub
 from tests.support.controlplane import ControlPlane
 from tests.support.webhook_process import WebhookProcess
 from webhook import names
@@ -110,7 +110,15 @@ def env(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
 def stub(env: Env) -> ecr_stub.EcrStub:
     """The shared stub, answering every tag at once, with nothing recorded or queued."""
     env.stub.reset()
-    env.stub.configure(synthesize=True, latency_ms=0, failures={})
+    env.stub.configure(
+        synthesize=True,
+        latency_ms=0,
+        failures={},
+        archived={},
+        pull_through_rules=[],
+        upstream={},
+        import_refused=None,
+    )
     return env.stub
 
 
@@ -699,3 +707,51 @@ def test_a_cached_digest_is_served_within_max_stale_and_denied_beyond_it(
     assert not_a_timeout(beyond), beyond
     assert beyond["response"]["allowed"] is False
     assert names.REASON_REGISTRY_UNAVAILABLE in beyond["response"]["status"]["message"]
+
+
+# --------------------------------------------------------------------------
+# ECR as it behaves: archived images, pull-through cache repositories
+# --------------------------------------------------------------------------
+
+
+def test_an_archived_image_is_denied_as_archived_even_under_on_resolve_error_allow(
+    env: Env, stub: ecr_stub.EcrStub
+) -> None:
+    tag = new_tag()
+    stub.add_image(
+        "team/app", tag, ecr_emulator.docker_manifest(seed=tag), ecr_emulator.DOCKER_MANIFEST
+    )
+    stub.configure(archived={tag: "ARCHIVED"})
+    with env.webhook() as process:
+        answer = post(process, review(pod(LENIENT, image(tag))))
+
+    response = answer["response"]
+    assert response["allowed"] is False
+    assert names.REASON_IMAGE_ARCHIVED in response["status"]["message"]
+    assert "--target-storage-class STANDARD" in response["status"]["message"]
+
+
+def test_a_pull_through_tag_ecr_has_not_imported_is_admitted_by_tag_with_a_warning(
+    env: Env, stub: ecr_stub.EcrStub
+) -> None:
+    tag = new_tag()
+    manifest = ecr_emulator.docker_manifest(seed=tag)
+    with oci_stub.OciStub() as upstream:
+        upstream.manifests[("library/nginx", tag)] = (manifest, ecr_emulator.DOCKER_MANIFEST)
+        stub.configure(
+            pull_through_rules=[
+                {"ecrRepositoryPrefix": "docker-hub", "upstreamRegistryUrl": upstream.host}
+            ],
+            upstream={
+                "docker-hub/library/nginx": {tag: [manifest.decode(), ecr_emulator.DOCKER_MANIFEST]}
+            },
+            import_refused="AccessDeniedException",
+        )
+        with env.webhook("--insecure-registries", upstream.host) as process:
+            answer = post(process, review(pod(STRICT, image(tag, "docker-hub/library/nginx"))))
+
+    response = answer["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response
+    assert any(names.REASON_NOT_IMPORTED in warning for warning in response["warnings"])
+    assert upstream.manifest_requests() == 1

@@ -2,8 +2,9 @@
 
 moto is not ECR (docs/architecture.md, "Testing against real peers"): it does not compute
 digests from manifest bytes, so `seed_image` passes `imageDigest=sha256(manifest)`
-the way a real push ends up; it ignores `registryId` and `acceptedMediaTypes`; and
-for a missing digest it reports a failure without that digest in `imageId`.
+the way a real push ends up; and it ignores `registryId` and `acceptedMediaTypes`.
+For a missing digest moto reports a failure without that digest in `imageId`; the
+server started here (`moto_ecr_server`) echoes the requested `imageId` as ECR does.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ from tests.support import ports
 if TYPE_CHECKING:
     from types_boto3_ecr.client import ECRClient
 
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 ACCOUNT: Final = "123456789012"
 """The account id moto answers as."""
 REGION: Final = "us-east-1"
@@ -214,15 +216,24 @@ def _answers(url: str) -> bool:
 
 
 def start_moto_server(*, port: int | None = None, ready_within: float = 30.0) -> MotoServer:
-    """Start `python -m moto.server` on 127.0.0.1 (on a port of its choosing unless
+    """Start the moto server (`moto_ecr_server`) on 127.0.0.1 (on a port of its choosing unless
     `port` is given) and wait until it answers."""
     env = os.environ | FAKE_CREDENTIALS | {"AWS_DEFAULT_REGION": REGION}
     with tempfile.TemporaryDirectory(prefix="digestguard-moto-") as directory:
         log_path = Path(directory) / "moto.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port or 0)],
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.moto_ecr_server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    str(port or 0),
+                ],
                 env=env,
+                cwd=REPO_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

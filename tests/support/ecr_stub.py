@@ -1,10 +1,13 @@
 """A small ECR-protocol stub: what moto cannot do, over real HTTP on loopback.
 
 It speaks the AWS JSON 1.1 protocol of ECR (`X-Amz-Target:
-AmazonEC2ContainerRegistry_V20150921.BatchGetImage` / `.DescribeRepositories`) and
+AmazonEC2ContainerRegistry_V20150921.BatchGetImage` / `.DescribeRepositories` /
+`.DescribeImages` / `.DescribePullThroughCacheRules`) and
 can be told to be slow, to throttle, to fail, to hang, to reset connections, to
-return per-image failure codes and to return manifests that do not hash to their
-digest. It records every request it receives.
+return per-image failure codes, to hold images in the archive storage class, to
+pull images through a cache rule from a made-up upstream (or refuse to) and to
+return manifests that do not hash to their digest. It records every request it
+receives.
 
 In-process (tests)::
 
@@ -66,8 +69,18 @@ class StubConfig:
     """Tag or digest → BatchGetImage failureCode to report for it."""
     corrupt: list[str] = dataclasses.field(default_factory=list)
     """Tags or digests whose manifest is returned altered, so it no longer hashes to its digest."""
+    archived: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Tag or digest → imageStatus (ARCHIVED, ACTIVATING) of an image not in standard
+    storage: BatchGetImage reports it ImageInaccessible, DescribeImages with that status."""
     omit: list[str] = dataclasses.field(default_factory=list)
     """Tags or digests the answer does not mention at all."""
+    pull_through_rules: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """DescribePullThroughCacheRules entries (ecrRepositoryPrefix, upstreamRegistryUrl…)."""
+    upstream: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
+    """ECR repository name under a rule → tag → [manifest, media type] its upstream has: a
+    BatchGetImage by that tag imports it (creating the repository), as ECR does."""
+    import_refused: str | None = None
+    """An error code (AccessDeniedException…) BatchGetImage answers instead of importing."""
     synthesize: bool = False
     """Answer any tag of any repository with a manifest made up from repository and tag."""
     repositories: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -182,6 +195,10 @@ class EcrStub:
                 return _batch_get_image(self.config, body)
             if operation == "DescribeRepositories":
                 return _describe_repositories(self.config, body)
+            if operation == "DescribeImages":
+                return _describe_images(self.config, body)
+            if operation == "DescribePullThroughCacheRules":
+                return _describe_pull_through_cache_rules(self.config, body)
         return _error("UnknownOperationException", f"the stub does not serve {operation}")
 
     def _control(self, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,6 +331,9 @@ def _batch_get_image(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, 
     image_ids = body.get("imageIds") or []
     if not image_ids or len(image_ids) > 100:
         return _error("InvalidParameterException", "imageIds must hold 1 to 100 entries")
+    refused = _pull_through(config, repository, image_ids)
+    if refused is not None:
+        return refused
     stored = config.images.get(repository)
     if stored is None and not config.synthesize:
         return _error(
@@ -336,6 +356,15 @@ def _batch_get_image(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, 
         if key in config.failures:
             code = config.failures[key]
             failures.append({"imageId": image_id, "failureCode": code, "failureReason": code})
+            continue
+        if _image_status(config, stored, key) != "ACTIVE":
+            failures.append(
+                {
+                    "imageId": image_id,
+                    "failureCode": "ImageInaccessible",
+                    "failureReason": "The image is not accessible",
+                }
+            )
             continue
         found: tuple[str, str] | None = None
         if tag is not None:
@@ -379,6 +408,109 @@ def _batch_get_image(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, 
             }
         )
     return 200, {"images": images, "failures": failures}
+
+
+def _image_status(config: StubConfig, stored: Mapping[str, list[str]], key: str | None) -> str:
+    """The imageStatus of the image a tag or digest names: archived if any of its names is."""
+    if key is None:
+        return "ACTIVE"
+    names = {key}
+    for name, (manifest, _) in stored.items():
+        digest = "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
+        if key in (name, digest):
+            names |= {name, digest}
+    statuses = [config.archived[name] for name in sorted(names) if name in config.archived]
+    return statuses[0] if statuses else "ACTIVE"
+
+
+def _pull_through(
+    config: StubConfig, repository: str, image_ids: list[dict[str, str]]
+) -> tuple[int, dict[str, Any]] | None:
+    """Import the tags asked for that only the upstream has, or the refusal to."""
+    upstream = config.upstream.get(repository, {})
+    held = config.images.get(repository, {})
+    wanted = [
+        tag
+        for tag in (image_id.get("imageTag") for image_id in image_ids)
+        if tag is not None and tag in upstream and tag not in held
+    ]
+    if not wanted:
+        return None
+    if config.import_refused is not None:
+        return _error(config.import_refused, f"the stub says {config.import_refused}")
+    config.repositories.setdefault(repository, {})
+    images = config.images.setdefault(repository, {})
+    for tag in wanted:
+        images[tag] = list(upstream[tag])
+    return None
+
+
+def _describe_pull_through_cache_rules(
+    config: StubConfig, body: Mapping[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """The rules in pages of two, so that a client that does not follow nextToken misses some."""
+    registry_id = str(body.get("registryId", _ACCOUNT))
+    start = int(body.get("nextToken") or 0)
+    page = config.pull_through_rules[start : start + 2]
+    answer: dict[str, Any] = {
+        "pullThroughCacheRules": [
+            {"registryId": registry_id, "createdAt": 1_700_000_000} | rule for rule in page
+        ]
+    }
+    if start + 2 < len(config.pull_through_rules):
+        answer["nextToken"] = str(start + 2)
+    return 200, answer
+
+
+def _describe_images(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """DescribeImages of the given imageIds, as ECR answers it: without a filter only ACTIVE
+    images, and ImageNotFoundException when one of them is not there."""
+    repository = str(body.get("repositoryName", ""))
+    registry_id = str(body.get("registryId", _ACCOUNT))
+    stored = config.images.get(repository)
+    if stored is None:
+        return _error(
+            "RepositoryNotFoundException",
+            f"The repository with name '{repository}' does not exist in the registry with id"
+            f" '{registry_id}'",
+        )
+    wanted = str((body.get("filter") or {}).get("imageStatus", "ACTIVE"))
+    details: list[dict[str, Any]] = []
+    for image_id in body.get("imageIds") or []:
+        tag, digest = image_id.get("imageTag"), image_id.get("imageDigest")
+        entry = stored.get(tag) if tag is not None else None
+        if entry is None and digest is not None:
+            entry = next(
+                (
+                    e
+                    for e in stored.values()
+                    if "sha256:" + hashlib.sha256(e[0].encode()).hexdigest() == digest
+                ),
+                None,
+            )
+        key = tag if tag is not None else digest
+        status = _image_status(config, stored, key)
+        if entry is None or wanted not in ("ANY", status):
+            return _error(
+                "ImageNotFoundException",
+                f"The image with imageId {image_id} does not exist within the repository with"
+                f" name '{repository}' in the registry with id '{registry_id}'",
+            )
+        manifest, media_type = entry
+        actual = "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
+        tags = sorted(name for name, e in stored.items() if e[0] == manifest and name != actual)
+        details.append(
+            {
+                "registryId": registry_id,
+                "repositoryName": repository,
+                "imageDigest": actual,
+                "imageTags": tags,
+                "imageManifestMediaType": media_type,
+                "imagePushedAt": 1_700_000_000,
+                "imageStatus": status,
+            }
+        )
+    return 200, {"imageDetails": details}
 
 
 def _describe_repositories(

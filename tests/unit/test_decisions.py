@@ -39,6 +39,15 @@ WEB_FOUND = outcomes.Found(WEB_DIGEST, OCI_INDEX)
 MISSING = outcomes.Missing("ImageNotFound", "Requested image not found")
 UNKNOWN = outcomes.Unknown("ThrottlingException: Rate exceeded")
 CORRUPT = outcomes.Corrupt("sha256 of the manifest is not the digest ECR reported")
+NOT_IMPORTED = outcomes.NotImported(
+    "shop/api is under the pull-through cache rule shop/ -> registry.example.com; ECR does"
+    " not hold it and this lookup could not import it"
+)
+ARCHIVED = outcomes.Archived(
+    "ARCHIVED",
+    f"{BY_TAG} is archived in ECR (storage class ARCHIVE) and cannot be pulled until it is"
+    " restored: aws ecr update-image-storage-class ... --target-storage-class STANDARD",
+)
 
 MUTATING = decisions.Phase.MUTATING
 VALIDATING = decisions.Phase.VALIDATING
@@ -335,6 +344,68 @@ def test_corrupt_answer_is_denied_even_under_on_resolve_error_allow() -> None:
     assert not verdict.allowed
     assert f"[{names.REASON_INTEGRITY};" in verdict.message
     assert CORRUPT.message in verdict.message
+
+
+def test_mutate_denies_an_archived_image_as_archived_even_under_on_resolve_error_allow() -> None:
+    verdict = judge(api_pod(), [policy(onResolveError="Allow")], {BY_TAG: ARCHIVED})
+    assert (verdict.allowed, verdict.edits) == (False, ())
+    assert f"[{names.REASON_IMAGE_ARCHIVED};" in verdict.message
+    assert "--target-storage-class STANDARD" in verdict.message
+
+
+def test_enforce_denies_an_archived_digest_as_archived() -> None:
+    rules = [policy(action="Enforce", onResolveError="Allow")]
+    verdict = judge(api_pod(PINNED), rules, {BY_DIGEST: ARCHIVED, BY_TAG: FOUND}, VALIDATING)
+    assert not verdict.allowed
+    assert f"[{names.REASON_IMAGE_ARCHIVED};" in verdict.message
+
+
+def test_audit_warns_about_an_archived_image() -> None:
+    verdict = judge(api_pod(), [policy(action="Audit")], {BY_TAG: ARCHIVED}, VALIDATING)
+    assert verdict.allowed
+    assert has_reason(verdict.warnings, names.REASON_IMAGE_ARCHIVED)
+
+
+def test_mutate_admits_a_tag_not_imported_through_the_cache_unchanged_with_a_warning() -> None:
+    verdict = judge(api_pod(), [policy()], {BY_TAG: NOT_IMPORTED})
+    assert (verdict.allowed, verdict.edits, verdict.annotations) == (True, (), {})
+    assert has_reason(verdict.warnings, names.REASON_NOT_IMPORTED)
+    assert any("admitted by tag, not pinned" in warning for warning in verdict.warnings)
+
+
+def test_the_validating_webhook_admits_a_tag_a_mutate_policy_left_unpinned_on_purpose() -> None:
+    verdict = judge(api_pod(), [policy()], {BY_TAG: NOT_IMPORTED}, VALIDATING)
+    assert verdict.allowed
+    assert not has_reason(verdict.warnings, names.REASON_TAG_NOT_PINNED)
+
+
+def test_enforce_denies_a_tag_not_imported_through_the_cache_as_tag_only() -> None:
+    verdict = judge(api_pod(), [policy(action="Enforce")], {BY_TAG: NOT_IMPORTED}, VALIDATING)
+    assert not verdict.allowed
+    assert f"[{names.REASON_TAG_NOT_PINNED};" in verdict.message
+    assert "allowPullThroughFirstPull" in verdict.message
+
+
+def test_enforce_allowing_first_pulls_admits_a_tag_not_imported_with_a_warning() -> None:
+    rules = [policy(action="Enforce", allowPullThroughFirstPull=True)]
+    verdict = judge(api_pod(), rules, {BY_TAG: NOT_IMPORTED}, VALIDATING)
+    assert verdict.allowed
+    assert has_reason(verdict.warnings, names.REASON_NOT_IMPORTED)
+
+
+def test_allowing_first_pulls_does_not_admit_a_tag_that_ecr_holds() -> None:
+    rules = [policy(action="Enforce", allowPullThroughFirstPull=True)]
+    verdict = judge(api_pod(), rules, {BY_TAG: FOUND}, VALIDATING)
+    assert not verdict.allowed
+    assert f"[{names.REASON_TAG_NOT_PINNED};" in verdict.message
+
+
+def test_a_digest_not_imported_through_the_cache_is_denied_even_under_allow() -> None:
+    rules = [policy(onResolveError="Allow")]
+    verdict = judge(api_pod(f"{ECR}/shop/api@{DIGEST}"), rules, {BY_DIGEST: NOT_IMPORTED})
+    assert not verdict.allowed
+    assert f"[{names.REASON_NOT_IMPORTED};" in verdict.message
+    assert "by digest fails" in verdict.message
 
 
 def test_non_ecr_image_under_a_matching_policy_is_looked_up_in_its_registry() -> None:

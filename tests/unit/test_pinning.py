@@ -159,6 +159,24 @@ def test_a_corrupt_answer_fails() -> None:
     assert result.status in pinning.FAILED
 
 
+def test_an_archived_image_fails_with_how_to_restore_it() -> None:
+    target = one(f"{ECR}/app:1")
+    archived = outcomes.Archived("ARCHIVED", "archived; restore it with aws ecr ...")
+    result = pinning.judge(target, {target.lookup: archived})
+    assert result.status is pinning.Status.ARCHIVED
+    assert result.status in pinning.FAILED
+    assert "restore it" in result.detail
+
+
+def test_a_pull_through_tag_not_imported_yet_fails_as_it_cannot_be_pinned() -> None:
+    target = one(f"{ECR}/docker-hub/library/nginx:1")
+    not_imported = outcomes.NotImported("rule docker-hub -> registry-1.docker.io")
+    result = pinning.judge(target, {target.lookup: not_imported})
+    assert (result.status, result.value) == (pinning.Status.NOT_IMPORTED, None)
+    assert result.status in pinning.FAILED
+    assert "first pull by tag" in result.detail
+
+
 def test_a_pinned_image_that_exists_is_verified_not_rewritten() -> None:
     target = one(f"nginx@{DIGEST}")
     result = pinning.judge(target, {target.lookup: found()})

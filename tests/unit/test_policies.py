@@ -29,6 +29,7 @@ SPEC_FIELD = st.sampled_from(
         "action",
         "keepTag",
         "allowImmutableTags",
+        "allowPullThroughFirstPull",
         "onResolveError",
         "maxStale",
     ]
@@ -96,10 +97,12 @@ def test_every_field_is_read() -> None:
         action="Enforce",
         keepTag=False,
         allowImmutableTags=True,
+        allowPullThroughFirstPull=True,
         onResolveError="Allow",
         maxStale="30s",
     )
     assert policy.action is policies.Action.ENFORCE
+    assert policy.allow_pull_through_first_pull
     assert policy.on_resolve_error is policies.OnResolveError.ALLOW
     assert (policy.keep_tag, policy.allow_immutable_tags, policy.max_stale_seconds) == (
         False,
@@ -109,6 +112,10 @@ def test_every_field_is_read() -> None:
     assert [glob.pattern for glob in policy.exclude_images] == [f"{ECR}/sandbox/**"]
     assert policy.selects({"env": "prod"}, {})
     assert not policy.selects({"env": "prod"}, {"canary": "yes"})
+
+
+def test_first_pulls_through_the_cache_are_not_allowed_by_default() -> None:
+    assert not parse(action="Enforce").allow_pull_through_first_pull
 
 
 def test_max_stale_of_zero_is_accepted() -> None:
@@ -189,6 +196,11 @@ def test_pattern_with_a_registry_port_is_accepted(pattern: str) -> None:
         ("onResolveError", "Ignore", "spec.onResolveError: 'Ignore' is not one of Deny | Allow"),
         ("keepTag", "true", "spec.keepTag: must be true or false"),
         ("allowImmutableTags", 1, "spec.allowImmutableTags: must be true or false"),
+        (
+            "allowPullThroughFirstPull",
+            "yes",
+            "spec.allowPullThroughFirstPull: must be true or false",
+        ),
         ("maxStale", 600, "spec.maxStale: must be a duration string such as '10m'"),
         (
             "maxStale",

@@ -565,6 +565,80 @@ async def test_a_missing_answer_is_never_replaced_by_a_stale_digest(
     assert isinstance(answers[tag("v1")], outcomes.Missing)
 
 
+def archived(name: str) -> outcomes.Archived:
+    return outcomes.Archived("ARCHIVED", f"{tag(name)} is archived in ECR")
+
+
+async def test_an_archived_image_is_cached_only_for_the_negative_ttl(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("old")] = archived("old")
+    first = await resolve(the_resolver, clock, tag("old"))
+    clock.advance(4.0)
+    await resolve(the_resolver, clock, tag("old"))
+    assert (first[tag("old")], len(registry.lookups)) == (archived("old"), 1)
+
+    clock.advance(1.0)
+    await resolve(the_resolver, clock, tag("old"))
+
+    assert len(registry.lookups) == 2
+
+
+async def test_an_archived_image_is_never_replaced_by_a_stale_digest(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(61.0)
+    registry.images[tag("v1")] = archived("v1")
+
+    answers = await resolve(the_resolver, clock, tag("v1"))
+
+    assert answers[tag("v1")] == archived("v1")
+
+
+async def test_a_registry_error_after_an_archived_answer_serves_no_stale_digest(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(61.0)
+    registry.images[tag("v1")] = archived("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(6.0)
+    registry.failure = errors.RegistryError("ThrottlingException")
+
+    answers = await resolve(the_resolver, clock, tag("v1"), max_stale=600.0)
+
+    assert isinstance(answers[tag("v1")], outcomes.Unknown)
+
+
+async def test_a_tag_not_imported_through_the_cache_is_cached_only_for_the_negative_ttl(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("first")] = outcomes.NotImported("not imported yet")
+    first = await resolve(the_resolver, clock, tag("first"))
+    registry.images[tag("first")] = found("first")
+    clock.advance(4.0)
+    cached = await resolve(the_resolver, clock, tag("first"))
+    clock.advance(1.0)
+
+    imported = await resolve(the_resolver, clock, tag("first"))
+
+    assert first[tag("first")] == cached[tag("first")] == outcomes.NotImported("not imported yet")
+    assert imported[tag("first")] == found("first")
+
+
+async def test_archived_images_do_not_open_the_circuit(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    for n in range(5):
+        registry.images[tag(f"old-{n}")] = archived(f"old-{n}")
+        await resolve(the_resolver, clock, tag(f"old-{n}"))
+    assert the_resolver.circuit(REGISTRY).state.value == "closed"
+    assert len(registry.lookups) == 5
+
+
 async def test_a_stale_answer_is_counted_as_stale(
     the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
 ) -> None:
@@ -920,3 +994,43 @@ async def test_a_circuit_that_opens_ends_only_the_waits_on_its_own_registry(
     registry.release()
     answers = await waiting
     assert isinstance(answers[tag("v1")], outcomes.Missing)
+
+
+# The first pod of a revision
+
+
+async def test_a_query_to_recheck_is_asked_again_unless_its_entry_is_a_moment_old(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(resolver.RECHECK_AGE / 2)
+    await the_resolver.resolve({tag("v1"): 600.0}, deadline=clock() + LONG, recheck={tag("v1")})
+    assert len(registry.lookups) == 1, "a moment-old answer is what the registry says now"
+
+    registry.images[tag("v1")] = found("v1, moved")
+    clock.advance(resolver.RECHECK_AGE)
+    answers = await the_resolver.resolve(
+        {tag("v1"): 600.0}, deadline=clock() + LONG, recheck={tag("v1")}
+    )
+
+    assert len(registry.lookups) == 2
+    assert answers[tag("v1")] == found("v1, moved")
+
+
+async def test_a_recheck_the_registry_cannot_answer_falls_back_to_the_cached_digest(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    await resolve(the_resolver, clock, tag("v1"))
+    clock.advance(10.0)
+    registry.failure = errors.RegistryError("connection refused")
+
+    answers = await the_resolver.resolve(
+        {tag("v1"): 600.0}, deadline=clock() + LONG, recheck={tag("v1")}
+    )
+
+    answer = answers[tag("v1")]
+    assert isinstance(answer, outcomes.Found)
+    assert answer.digest == digest_of("v1")
+    assert answer.age_seconds == pytest.approx(10.0)

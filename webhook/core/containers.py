@@ -1,9 +1,11 @@
 """The one container walker: every image of a pod or a workload's pod template."""
 
 import dataclasses
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+from webhook import names
 from webhook.core import text
 
 CONTAINER_LISTS: Final = ("initContainers", "containers", "ephemeralContainers")
@@ -90,6 +92,31 @@ def walk(obj: Mapping[str, Any]) -> Iterator[ContainerImage]:
                 image=image,
                 pointer=f"{prefix}/{list_name}/{index}/image",
             )
+
+
+def original_key(container: ContainerImage) -> str:
+    """The key of `container` in the `original-images` annotation: `containers/app`."""
+    return f"{container.list_name}/{container.container}"
+
+
+def original_images(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The `original-images` annotation of `obj`: what each pinned container was written as."""
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    raw = (
+        annotations.get(names.ANNOTATION_ORIGINAL_IMAGES)
+        if isinstance(annotations, Mapping)
+        else None
+    )
+    if not isinstance(raw, str):
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {str(k): str(v) for k, v in parsed.items() if isinstance(v, str)}
 
 
 def _descend(obj: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any] | None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from webhook import errors, names
-from webhook.core import containers, outcomes, policies, references
+from webhook.core import containers, outcomes, policies, references, revisions
 
 
 class Phase(enum.Enum):
@@ -55,6 +55,9 @@ class Subject:
     problem: str | None
     policies: tuple[policies.Policy, ...]
     max_stale_seconds: float
+    revision_lookup: outcomes.Query | None = None
+    """By digest, what the pod's controller revision already runs for this image
+    (pinScope Rollout): pinned again while it exists (see `follow_revision`)."""
 
     @functools.cached_property
     def lookup(self) -> outcomes.Query | None:
@@ -76,6 +79,15 @@ class Subject:
     def is_tag_only(self) -> bool:
         return self.reference is not None and self.reference.digest is None
 
+    @property
+    def pinned_per_revision(self) -> bool:
+        """Whether this image is pinned for its controller revision, not for the pod alone."""
+        return self.is_tag_only and all(
+            p.pin_scope is policies.PinScope.ROLLOUT
+            for p in self.policies
+            if p.action is policies.Action.MUTATE
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -87,6 +99,18 @@ class Plan:
     repositories_for_mutability: frozenset[outcomes.Repository]
     original_images: Mapping[str, str]
     """The `original-images` annotation already on the object."""
+    revision: revisions.Revision | None = None
+    """Mutating a pod a controller creates: its revision, whose pods share digests."""
+    recheck: frozenset[outcomes.Query] = frozenset()
+    """Queries not to answer from an older cache entry: the first pod of a revision is
+    pinned to what the registry says now, so replicas agree on it."""
+
+    @functools.cached_property
+    def rollout_images(self) -> frozenset[str]:
+        """The original references pinned per revision (see `follow_revision`)."""
+        if self.revision is None:
+            return frozenset()
+        return frozenset(s.container.image for s in self.subjects if s.pinned_per_revision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +149,18 @@ class Edit:
 
 
 @dataclasses.dataclass(frozen=True)
+class Repin:
+    """A revision's digest that is gone from the registry: its next pod was pinned afresh."""
+
+    container: str
+    image: str
+    gone: references.Digest
+    why: str
+    digest: references.Digest | None
+    """The digest pinned instead, if the tag resolved."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Verdict:
     allowed: bool
     denials: tuple[str, ...]
@@ -132,6 +168,9 @@ class Verdict:
     edits: tuple[Edit, ...]
     annotations: Mapping[str, str]
     findings: tuple[Finding, ...]
+    revision_digests: Mapping[str, references.Digest] = dataclasses.field(default_factory=dict)
+    """Original reference -> digest pinned, for the images pinned per revision."""
+    repins: tuple[Repin, ...] = ()
 
     @property
     def message(self) -> str:
@@ -205,13 +244,63 @@ def plan(
             )
         ):
             mutability.add(subject.lookup.repository)
+    revision = None
+    if phase is Phase.MUTATING and review.kind == "Pod" and review.operation == "CREATE":
+        revision = revisions.of(review.obj, review.namespace)
     return Plan(
         phase=phase,
         kind=review.kind,
         subjects=tuple(subjects),
         queries=queries,
         repositories_for_mutability=frozenset(mutability),
-        original_images=_original_images(review.obj),
+        original_images=containers.original_images(review.obj),
+        revision=revision,
+    )
+
+
+def follow_revision(the_plan: Plan, in_use: Mapping[str, references.Digest]) -> Plan:
+    """The plan for a pod of a revision whose pods run `in_use` (original reference ->
+    digest): each of those images is checked by that digest and pinned to it again;
+    the revision's other images are its first, asked of the registry afresh."""
+    subjects: list[Subject] = []
+    queries = dict(the_plan.queries)
+    recheck: set[outcomes.Query] = set()
+    for subject in the_plan.subjects:
+        if not subject.pinned_per_revision:
+            subjects.append(subject)
+            continue
+        digest = in_use.get(subject.container.image)
+        if digest is None:
+            if subject.lookup is not None:
+                recheck.add(subject.lookup)
+            subjects.append(subject)
+            continue
+        lookup = subject.lookup
+        if lookup is None:
+            subjects.append(subject)
+            continue
+        check = outcomes.Query(lookup.repository, digest=digest)
+        queries[check] = min(
+            queries.get(check, subject.max_stale_seconds), subject.max_stale_seconds
+        )
+        following = Subject(
+            subject.container,
+            subject.reference,
+            subject.problem,
+            subject.policies,
+            subject.max_stale_seconds,
+            revision_lookup=check,
+        )
+        subjects.append(following)
+    return Plan(
+        phase=the_plan.phase,
+        kind=the_plan.kind,
+        subjects=tuple(subjects),
+        queries=queries,
+        repositories_for_mutability=the_plan.repositories_for_mutability,
+        original_images=the_plan.original_images,
+        revision=the_plan.revision,
+        recheck=frozenset(recheck),
     )
 
 
@@ -225,8 +314,19 @@ def decide(
     warnings: list[str] = []
     edits: list[Edit] = []
     originals = dict(the_plan.original_images)
+    revision_digests: dict[str, references.Digest] = {}
+    repins: list[Repin] = []
     for subject in the_plan.subjects:
-        subject_findings, digest, notes = _judge(subject, the_plan, results, mutabilities)
+        kept, repin = _follow(subject, the_plan, results)
+        subject_findings: list[Finding]
+        digest: references.Digest | None
+        if kept is not None:
+            subject_findings, digest, notes = [], kept[0], kept[1]
+        else:
+            subject_findings, digest, notes = _judge(subject, the_plan, results, mutabilities)
+        if repin is not None:
+            repins.append(dataclasses.replace(repin, digest=digest))
+            notes.insert(0, _repin_note(subject, repin, digest, the_plan.revision))
         findings.extend(subject_findings)
         warnings.extend(notes)
         ref = subject.reference
@@ -242,7 +342,9 @@ def decide(
                 p.keep_tag for p in subject.policies if p.action is policies.Action.MUTATE
             )
             edits.append(Edit(subject.container.pointer, ref.pinned(digest, keep_tag=keep_tag)))
-            originals[_original_key(subject.container)] = subject.container.image
+            originals[containers.original_key(subject.container)] = subject.container.image
+            if the_plan.revision is not None and subject.pinned_per_revision:
+                revision_digests.setdefault(subject.container.image, digest)
     denials = tuple(dict.fromkeys(f.message for f in findings if f.denies))
     warnings.extend(f.message for f in findings if not f.denies)
     annotations: dict[str, str] = {}
@@ -257,6 +359,63 @@ def decide(
         edits=tuple(edits) if not denials else (),
         annotations=annotations if not denials else {},
         findings=tuple(findings),
+        revision_digests=revision_digests if not denials else {},
+        repins=tuple(repins),
+    )
+
+
+def _follow(
+    subject: Subject, the_plan: Plan, results: Mapping[outcomes.Query, outcomes.Outcome]
+) -> tuple[tuple[references.Digest, list[str]] | None, Repin | None]:
+    """(the revision's digest and notes, when the pod keeps it; what is gone, when not).
+
+    The revision's digest is kept while the registry has it, and while the registry
+    cannot tell but the tag resolves; gone (deleted, archived, or failing verification),
+    the pod is judged by its tag like the first pod of a revision."""
+    check = subject.revision_lookup
+    digest = check.digest if check is not None else None
+    if check is None or digest is None:
+        return None, None
+    outcome = results.get(check)
+    tag_outcome = results.get(subject.lookup) if subject.lookup is not None else None
+    notes: list[str] = []
+    where = f"{subject.container.label}: image {subject.container.shown_image}"
+    if isinstance(outcome, outcomes.Missing | outcomes.Corrupt | outcomes.Archived):
+        why = (
+            f"{outcome.code}: {outcome.message}"
+            if isinstance(outcome, outcomes.Missing)
+            else outcome.message
+        )
+        return None, Repin(subject.container.label, subject.container.image, digest, why, None)
+    if isinstance(outcome, outcomes.Found):
+        if outcome.age_seconds > 0:
+            notes.append(
+                f"{where}: the registry could not be reached; pinned to {digest}, which the"
+                f" pods of {the_plan.revision} run, confirmed {outcome.age_seconds:.0f}s ago"
+                f" [{names.REASON_STALE_DIGEST}]"
+            )
+    elif not isinstance(tag_outcome, outcomes.Found):
+        return None, None
+    if isinstance(tag_outcome, outcomes.Found) and tag_outcome.digest != digest:
+        notes.append(
+            f"{where}: tag now points to {tag_outcome.digest}; pinned to {digest}, which the"
+            f" pods of {the_plan.revision} run (a new rollout moves to the new digest)"
+            f" [{names.REASON_REVISION_KEPT}]"
+        )
+    return (digest, notes), None
+
+
+def _repin_note(
+    subject: Subject,
+    repin: Repin,
+    digest: references.Digest | None,
+    revision: revisions.Revision | None,
+) -> str:
+    now = f"pinned to {digest}, the tag's digest now" if digest is not None else "judged by its tag"
+    return (
+        f"{subject.container.label}: image {subject.container.shown_image}: the digest"
+        f" {repin.gone} that the pods of {revision} run can no longer be pulled"
+        f" ({repin.why}); this pod is {now} [{names.REASON_REVISION_DIGEST_GONE}]"
     )
 
 
@@ -342,12 +501,19 @@ def _judge(
         notes.append(moved)
 
     findings: list[Finding] = []
+    not_imported = outcome if isinstance(outcome, outcomes.NotImported) else None
     for policy in subject.policies:
         if problem is not None:
             reason, detail, fatal = problem
             denies = policy.can_deny and (fatal or deny_on_error)
             findings.append(Finding(reason, subject, policy, detail, denies))
             if fatal:
+                continue
+        if not_imported is not None and subject.is_tag_only:
+            handled, note = _first_pull(subject, policy, the_plan, not_imported)
+            if note is not None:
+                findings.append(note)
+            if handled:
                 continue
         # A tag-only reference breaks Enforce whether or not the registry answered.
         unpinned = _unpinned_violation(subject, policy, the_plan, results, mutabilities)
@@ -375,10 +541,49 @@ def _problem(
             f"{what} not found ({outcome.code}: {outcome.message})",
             True,
         )
+    if isinstance(outcome, outcomes.NotImported):
+        if subject.lookup.digest is None:
+            return None  # the tag exists upstream: see _first_pull
+        return (
+            names.REASON_NOT_IMPORTED,
+            f"{outcome.message}; a first pull through the cache by digest fails: reference"
+            " it by tag until ECR has imported it",
+            True,
+        )
+    if isinstance(outcome, outcomes.Archived):
+        # It exists, but no node can pull it: an answer, so onResolveError does not apply.
+        return names.REASON_IMAGE_ARCHIVED, outcome.message, True
     if isinstance(outcome, outcomes.Corrupt):
         return names.REASON_INTEGRITY, outcome.message, True
     message = outcome.message if outcome is not None else "no answer"
     return names.REASON_REGISTRY_UNAVAILABLE, f"could not resolve the image: {message}", False
+
+
+def _first_pull(
+    subject: Subject,
+    policy: policies.Policy,
+    the_plan: Plan,
+    outcome: outcomes.NotImported,
+) -> tuple[bool, Finding | None]:
+    """(handled, finding) for a tag that ECR's pull-through cache has not imported yet but
+    its upstream has: it is admitted by tag (a digest cannot be pulled before ECR imports
+    it on the first pull by tag), except under Enforce without allowPullThroughFirstPull,
+    where it is a tag-only reference like any other (not handled here)."""
+    detail = f"{outcome.message}; admitted by tag, not pinned: ECR imports it on the first pull"
+    if policy.action is policies.Action.MUTATE:
+        if the_plan.phase is Phase.MUTATING:
+            return True, Finding(names.REASON_NOT_IMPORTED, subject, policy, detail, False)
+        # The mutating webhook admitted it on purpose, and warned.
+        return True, None
+    if policy.action is policies.Action.ENFORCE and policy.allow_pull_through_first_pull:
+        return True, Finding(
+            names.REASON_NOT_IMPORTED,
+            subject,
+            policy,
+            f"{detail} (allowPullThroughFirstPull)",
+            False,
+        )
+    return False, None
 
 
 def _unpinned_violation(
@@ -429,6 +634,13 @@ def _unpinned_violation(
             f" read ({message}); pin it by digest",
             False,
         )
+    if subject.lookup is not None and isinstance(results.get(subject.lookup), outcomes.NotImported):
+        return (
+            "referenced by tag only, and ECR's pull-through cache has not imported it yet, so"
+            " no digest can be pulled before a first pull by tag (allowPullThroughFirstPull:"
+            " true admits such a tag)",
+            True,
+        )
     return "referenced by tag only; pin it by digest (repo@sha256:...)", True
 
 
@@ -450,26 +662,3 @@ def _previous_images(review: Review) -> dict[tuple[str, str], str]:
     if review.operation != "UPDATE" or review.old is None:
         return {}
     return {(c.list_name, c.container): c.image for c in containers.walk(review.old)}
-
-
-def _original_key(container: containers.ContainerImage) -> str:
-    return f"{container.list_name}/{container.container}"
-
-
-def _original_images(obj: Mapping[str, Any]) -> dict[str, str]:
-    metadata = obj.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
-    raw = (
-        annotations.get(names.ANNOTATION_ORIGINAL_IMAGES)
-        if isinstance(annotations, Mapping)
-        else None
-    )
-    if not isinstance(raw, str):
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return {}
-    if not isinstance(parsed, dict):
-        return {}
-    return {str(k): str(v) for k, v in parsed.items() if isinstance(v, str)}

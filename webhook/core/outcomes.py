@@ -1,9 +1,14 @@
 """What a registry can say about an image: the values passed between resolver and core.
 
-A lookup of one image ends in exactly one of four outcomes:
+A lookup of one image ends in exactly one of these outcomes:
 
     Found      the image exists; here is its digest
     Missing    the registry says it does not exist (deny under Mutate/Enforce)
+    Archived   it exists in ECR's archive storage class: no node can pull it until it
+               is restored (deny under Mutate/Enforce, whatever onResolveError says)
+    NotImported  a tag of an ECR pull-through cache repository that ECR does not hold
+               and could not import, but that the upstream registry has: it can be
+               pulled by tag (ECR imports it then), not pinned to a digest yet
     Unknown    the registry could not be asked or could not answer (onResolveError)
     Corrupt    the registry's answer failed verification (deny, never accepted)
 """
@@ -67,6 +72,25 @@ class Missing:
 
 
 @dataclasses.dataclass(frozen=True)
+class Archived:
+    """An image ECR holds in its archive storage class (`status` ARCHIVED), or is
+    restoring from it (ACTIVATING): an answer about the image, not a registry failure."""
+
+    status: str
+    message: str
+    """Names the image and says how to restore it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NotImported:
+    """An image the upstream registry of an ECR pull-through cache rule has, and ECR does
+    not hold yet: a first pull through the cache works by tag and fails by digest."""
+
+    message: str
+    """Names the rule (prefix and upstream) and why the webhook could not import it."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Unknown:
     message: str
 
@@ -76,7 +100,7 @@ class Corrupt:
     message: str
 
 
-Outcome = Found | Missing | Unknown | Corrupt
+Outcome = Found | Missing | Archived | NotImported | Unknown | Corrupt
 
 
 class Mutability(enum.Enum):

@@ -70,13 +70,19 @@ class Status(enum.Enum):
     """The registry says the tag or digest does not exist."""
     CORRUPT = "corrupt"
     """The registry's answer failed verification."""
+    ARCHIVED = "archived"
+    """In ECR's archive storage class: no node can pull it until it is restored."""
+    NOT_IMPORTED = "not-imported"
+    """An ECR pull-through cache image not imported yet: it has no digest to pin to."""
     UNKNOWN = "unknown"
     """The registry could not be asked or could not answer."""
     INVALID = "invalid"
     """Not a valid image reference."""
 
 
-FAILED: Final = frozenset({Status.MISSING, Status.CORRUPT, Status.INVALID})
+FAILED: Final = frozenset(
+    {Status.MISSING, Status.CORRUPT, Status.ARCHIVED, Status.NOT_IMPORTED, Status.INVALID}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +254,16 @@ def judge(target: Target, results: Mapping[outcomes.Query, outcomes.Outcome]) ->
         what = f"digest {ref.digest}" if ref.digest else f"tag {lookup.tag!r}"
         detail = f"{what} not found ({outcome.code}: {outcome.message})"
         return Result(target, Status.MISSING, None, detail)
+    if isinstance(outcome, outcomes.Archived):
+        return Result(
+            target, Status.ARCHIVED, None, f"{outcome.message} [{names.REASON_IMAGE_ARCHIVED}]"
+        )
+    if isinstance(outcome, outcomes.NotImported):
+        detail = (
+            f"{outcome.message}; it has no digest in ECR until a first pull by tag imports it:"
+            f" pin it after that [{names.REASON_NOT_IMPORTED}]"
+        )
+        return Result(target, Status.NOT_IMPORTED, None, detail)
     if isinstance(outcome, outcomes.Corrupt):
         return Result(target, Status.CORRUPT, None, f"{outcome.message} [{names.REASON_INTEGRITY}]")
     if not isinstance(outcome, outcomes.Found):

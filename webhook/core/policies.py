@@ -23,6 +23,14 @@ class OnResolveError(enum.Enum):
     ALLOW = "Allow"
 
 
+class PinScope(enum.Enum):
+    """Mutate: whether pods of one controller revision share a digest (`Rollout`), or
+    each pod gets the digest its tag has when it is admitted (`Pod`)."""
+
+    ROLLOUT = "Rollout"
+    POD = "Pod"
+
+
 _E = TypeVar("_E", bound=enum.Enum)
 
 DEFAULT_MAX_STALE: Final = "10m"
@@ -77,8 +85,10 @@ _SPEC_FIELDS: Final = frozenset(
         "action",
         "keepTag",
         "allowImmutableTags",
+        "allowPullThroughFirstPull",
         "onResolveError",
         "maxStale",
+        "pinScope",
     }
 )
 
@@ -113,8 +123,12 @@ class Policy:
     action: Action
     keep_tag: bool
     allow_immutable_tags: bool
+    allow_pull_through_first_pull: bool
+    """Enforce: accept a tag that ECR's pull-through cache has not imported yet (and that
+    the upstream registry has), since such an image cannot be pulled by digest yet."""
     on_resolve_error: OnResolveError
     max_stale_seconds: float
+    pin_scope: PinScope = PinScope.ROLLOUT
 
     @property
     def can_deny(self) -> bool:
@@ -236,8 +250,12 @@ def parse(name: str, generation: int, spec: Any) -> Policy:
         action=action,
         keep_tag=_bool(spec.get("keepTag", True), "keepTag"),
         allow_immutable_tags=_bool(spec.get("allowImmutableTags", False), "allowImmutableTags"),
+        allow_pull_through_first_pull=_bool(
+            spec.get("allowPullThroughFirstPull", False), "allowPullThroughFirstPull"
+        ),
         on_resolve_error=on_error,
         max_stale_seconds=max_stale_seconds,
+        pin_scope=_enum(PinScope, spec.get("pinScope", PinScope.ROLLOUT.value), "pinScope"),
     )
 
 

@@ -1,8 +1,10 @@
 """The Amazon ECR client: the only module that imports boto3 and botocore.
 
-`EcrClient` implements `protocol.RegistryClient` with two blocking calls,
-`BatchGetImage` (one per repository, up to 100 images each) and
-`DescribeRepositories`. The resolver runs them in its thread pool.
+`EcrClient` implements `protocol.RegistryClient` with blocking calls:
+`BatchGetImage` (one per repository, up to 100 images each), `DescribeRepositories`,
+`DescribeImages` for the images BatchGetImage cannot read (archived ones) and
+`DescribePullThroughCacheRules` once an image is not returned. The resolver runs them
+in its thread pool.
 
 What each ECR answer becomes (`Missing` denies under Mutate/Enforce, `Unknown` goes
 to the policy's `onResolveError`):
@@ -20,7 +22,11 @@ to the policy's `onResolveError`):
     failure UpstreamAccessDenied          Unknown   pull-through cache: upstream refused us,
     failure UpstreamTooManyRequests       Unknown     throttled us or is down — whether the
     failure UpstreamUnavailable           Unknown     image exists upstream is not known
-    failure ImageInaccessible             Unknown   the image exists but cannot be read now
+    failure ImageInaccessible, and        Archived  in the archive storage class, or being
+      DescribeImages says ARCHIVED or               restored from it: no node can pull it
+      ACTIVATING                                    until it is restored
+    failure ImageInaccessible otherwise   Unknown   it exists but cannot be read now, or
+                                                    DescribeImages could not say why
     any other failure code                Unknown   never deny on a code we do not know
     image not mentioned in the answer     Unknown   ECR did not say
     RepositoryNotFoundException           Missing   for every image asked (RepositoryNotFound)
@@ -32,9 +38,37 @@ to the policy's `onResolveError`):
     ThrottlingException,                  retried   full-jitter exponential backoff while
     LimitExceededException,                         the call's time budget allows another
     ServerException,                                attempt, then error
-    UnableToGetUpstreamImageException,
     connection errors and timeouts
+    UnableToGetUpstreamImageException     error     not retried: "usually" the upstream
+                                                    credential in Secrets Manager (API model)
     missing credentials, any other error  error
+
+Under a pull-through cache rule, an image ECR returned (held, or imported by this very
+BatchGetImage) is Found as above: ECR holds it, so a pull by digest works. One it did
+not return (a Missing or Unknown above other than KmsError and ImageInaccessible, which
+are about an image ECR holds, or an error of the whole call) is asked of the rule's
+upstream registry through `upstream`, and is never pinned:
+
+    the upstream says                     outcome      why
+    ────────────────────────────────────  ───────────  ──────────────────────────────
+    found                                 NotImported  a first pull by tag imports it;
+                                                       by digest it fails
+    not found                             Missing      neither ECR nor the upstream has it
+    could not tell                        Unknown      onResolveError decides
+
+Each message names the rule (prefix and upstream) and the likely cause: the missing
+IAM action, or the upstream credential in Secrets Manager.
+
+`ImageInaccessible` is the only sign BatchGetImage gives of an archived image, and
+the API model does not say it means only that, so the image's status is read with
+one DescribeImages of the images that got it (needs `ecr:DescribeImages`; the
+common path never makes that call). That answer is a fact about the image: it is
+not retried in the background and does not count against the circuit breaker.
+
+Pull-through cache rules (`DescribePullThroughCacheRules`, needs
+`ecr:DescribePullThroughCacheRules`) are read only once an image is not returned,
+and kept per registry for `RULES_TTL`; a registry that will not show them is
+treated as having none (logged).
 
 "error" means `errors.RegistryError` is raised: the call as a whole produced no
 per-image answer, which is the `RegistryClient` contract; the resolver turns it
@@ -49,6 +83,7 @@ spent; an attempt already running is bounded by the connect and read timeouts.
 """
 
 import dataclasses
+import functools
 import logging
 import re
 import threading
@@ -74,6 +109,20 @@ _T = TypeVar("_T")
 
 BATCH_GET_IMAGE: Final = "BatchGetImage"
 DESCRIBE_REPOSITORIES: Final = "DescribeRepositories"
+DESCRIBE_IMAGES: Final = "DescribeImages"
+DESCRIBE_PULL_THROUGH_CACHE_RULES: Final = "DescribePullThroughCacheRules"
+RULES_TTL: Final = 600.0
+"""Seconds a registry's pull-through cache rules (or the refusal to show them) are kept."""
+UPDATE_IMAGE_STORAGE_CLASS_CLI: Final = "aws ecr update-image-storage-class"
+
+IMAGE_INACCESSIBLE: Final = "ImageInaccessible"
+"""The BatchGetImage failure code of an image that exists but cannot be read (archived)."""
+HELD_FAILURE_CODES: Final = frozenset({IMAGE_INACCESSIBLE, "KmsError"})
+"""Failure codes about an image ECR holds: under a pull-through cache rule, not a reason
+to ask the upstream (a tag it has would be admitted, then fail to pull)."""
+ARCHIVED: Final = "ARCHIVED"
+ACTIVATING: Final = "ACTIVATING"
+"""DescribeImages' `imageStatus` of an image being restored from the archive."""
 
 MAX_IMAGE_IDS: Final = 100
 """BatchGetImage accepts at most this many imageIds in one request."""
@@ -95,9 +144,10 @@ INVALID_REPOSITORY_NAME: Final = "InvalidRepositoryName"
 _THROTTLING_CODES: Final = frozenset(
     {"ThrottlingException", "LimitExceededException", "TooManyRequestsException"}
 )
+# Not UnableToGetUpstreamImageException: the API model says it is "usually caused" by
+# the upstream credential in Secrets Manager, which no retry within an admission mends.
 _RETRYABLE_CODES: Final = _THROTTLING_CODES | {
     "ServerException",
-    "UnableToGetUpstreamImageException",
     "ServiceUnavailableException",
     "InternalFailure",
 }
@@ -121,6 +171,33 @@ _ECR_REPOSITORY_NAME_LENGTH: Final = range(2, 257)
 
 
 @dataclasses.dataclass(frozen=True)
+class PullThroughRule:
+    """A pull-through cache rule: ECR repositories under `prefix` cache `upstream_url`."""
+
+    prefix: str
+    """The ECR repository prefix without its trailing `/`; empty for ECR's `ROOT`."""
+    upstream_url: str
+    upstream_prefix: str = ""
+    """The upstream repository prefix (ECR-to-ECR rules); empty for none or `ROOT`."""
+    credential_arn: str = ""
+    """The Secrets Manager secret holding the upstream credential, if the rule has one."""
+
+    def covers(self, name: str) -> bool:
+        return not self.prefix or name.startswith(f"{self.prefix}/")
+
+    def upstream(self, name: str) -> outcomes.Repository:
+        """Where the upstream registry keeps the image of ECR repository `name`."""
+        rest = name[len(self.prefix) + 1 :] if self.prefix else name
+        host = self.upstream_url.removeprefix("https://").rstrip("/")
+        return outcomes.Repository(
+            host, f"{self.upstream_prefix}/{rest}" if self.upstream_prefix else rest
+        )
+
+    def __str__(self) -> str:
+        return f"pull-through cache rule {self.prefix or 'ROOT'}/ -> {self.upstream_url}"
+
+
+@dataclasses.dataclass(frozen=True)
 class _ClientKey:
     region: str
     fips: bool
@@ -136,6 +213,10 @@ class EcrClient:
     Credentials come from boto3's default chain (IRSA, EKS Pod Identity, …) unless a
     `session` is passed in (tests pass one with fake keys). `endpoint_url` points
     every client at one endpoint (an emulator); FIPS and dual-stack do not apply then.
+
+    `upstream` answers for the upstream registries of pull-through cache rules (the OCI
+    client): a repository under a rule whose image ECR does not hold and this lookup
+    could not import is never pinned; the upstream says whether the tag exists.
     """
 
     def __init__(
@@ -146,8 +227,11 @@ class EcrClient:
         read_timeout: float = 3.0,
         session: boto3.session.Session | None = None,
         max_pool_connections: int = 32,
+        upstream: protocol.RegistryClient | None = None,
     ) -> None:
         self._endpoint_url = endpoint_url
+        self._upstream = upstream
+        self._rules: dict[tuple[str, str], tuple[float, tuple[PullThroughRule, ...]]] = {}
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._max_pool_connections = max_pool_connections
@@ -189,21 +273,189 @@ class EcrClient:
 
         client = self._client(registry)
         askable.sort(key=_query_sort_key)
+        held: set[outcomes.Query] = set()
         try:
-            for start in range(0, len(askable), MAX_IMAGE_IDS):
-                chunk = askable[start : start + MAX_IMAGE_IDS]
-                try:
-                    results |= self._batch_get_image(
-                        client, registry, repository, chunk, budget_end
-                    )
-                except errors.RegistryError as exc:
-                    if start == 0:
-                        raise
-                    # Earlier requests answered: keep their answers, the rest could not tell.
-                    unknown = outcomes.Unknown(f"{repository}: {exc}")
-                    return results | dict.fromkeys(askable[start:], unknown)
+            try:
+                answered = self._batch_get_images(
+                    client, registry, repository, askable, budget_end, held
+                )
+            finally:
+                metrics.REGISTRY_SECONDS.labels(BATCH_GET_IMAGE).observe(time.monotonic() - started)
+        except errors.RegistryError as exc:
+            rule = self._rule_after(exc, client, registry, repository, budget_end)
+            if rule is None:
+                raise
+            failed = outcomes.Unknown(f"{repository}: {exc}")
+            return results | self._through_upstream(
+                rule, repository, dict.fromkeys(askable, failed), budget_end
+            )
+        # ECR imports an upstream image when BatchGetImage asks for it by tag (given the
+        # import actions): what it returned is held and pinned. What it did not is asked
+        # of the upstream, never pinned.
+        pending = {
+            q: o
+            for q, o in answered.items()
+            if isinstance(o, outcomes.Missing | outcomes.Unknown) and q not in held
+        }
+        if pending and self._upstream is not None:
+            rule = self._pull_through_rule(client, registry, repository, budget_end)
+            if rule is not None:
+                answered |= self._through_upstream(rule, repository, pending, budget_end)
+        return results | answered
+
+    def _batch_get_images(
+        self,
+        client: "ECRClient",
+        registry: references.EcrRegistry,
+        repository: outcomes.Repository,
+        askable: Sequence[outcomes.Query],
+        budget_end: float,
+        held: set[outcomes.Query],
+    ) -> dict[outcomes.Query, outcomes.Outcome]:
+        """Every query's outcome; `held` gets the queries whose image ECR holds but could
+        not return (a failure code such as KmsError): no upstream is asked for those."""
+        results: dict[outcomes.Query, outcomes.Outcome] = {}
+        for start in range(0, len(askable), MAX_IMAGE_IDS):
+            chunk = askable[start : start + MAX_IMAGE_IDS]
+            try:
+                results |= self._batch_get_image(
+                    client, registry, repository, chunk, budget_end, held
+                )
+            except errors.RegistryError as exc:
+                if start == 0:
+                    raise
+                # Earlier requests answered: keep their answers, the rest could not tell.
+                unknown = outcomes.Unknown(f"{repository}: {exc}")
+                return results | dict.fromkeys(askable[start:], unknown)
+        return results
+
+    def _rule_after(
+        self,
+        exc: errors.RegistryError,
+        client: "ECRClient",
+        registry: references.EcrRegistry,
+        repository: outcomes.Repository,
+        budget_end: float,
+    ) -> PullThroughRule | None:
+        """The pull-through cache rule of `repository` when BatchGetImage failed as a whole
+        in a way a pull through the cache can (refused import, no repository yet, the
+        upstream unreachable for ECR); None when there is none or no time to look.
+
+        Only when ECR itself answered with the error: an ECR that cannot be reached (an
+        outage) would only refuse the rules too, and the admission waits for neither."""
+        if self._upstream is None or not isinstance(exc.__cause__, errors.ErrorResponse):
+            return None
+        return self._pull_through_rule(client, registry, repository, budget_end)
+
+    def _pull_through_rule(
+        self,
+        client: "ECRClient",
+        registry: references.EcrRegistry,
+        repository: outcomes.Repository,
+        budget_end: float,
+    ) -> PullThroughRule | None:
+        """The rule whose prefix is the longest one `repository` is under, if any."""
+        key = (registry.account, registry.region)
+        now = time.monotonic()
+        cached = self._rules.get(key)
+        if cached is not None and now < cached[0]:
+            rules = cached[1]
+        else:
+            described = self._describe_rules(client, registry, budget_end)
+            if described is None:
+                return None
+            rules = described
+            with self._lock:
+                self._rules[key] = (now + RULES_TTL, rules)
+        matching = [rule for rule in rules if rule.covers(repository.name)]
+        return max(matching, key=lambda rule: len(rule.prefix), default=None)
+
+    def _describe_rules(
+        self, client: "ECRClient", registry: references.EcrRegistry, budget_end: float
+    ) -> tuple[PullThroughRule, ...] | None:
+        """Every pull-through cache rule of the registry; none when ECR will not show them
+        (kept as such), None when it could not answer now (asked again next time)."""
+        context = {
+            "operation": DESCRIBE_PULL_THROUGH_CACHE_RULES,
+            "account": registry.account,
+            "region": registry.region,
+        }
+        rules: list[PullThroughRule] = []
+        token = ""
+        started = time.monotonic()
+        try:
+            while True:
+                response = self._attempt(
+                    DESCRIBE_PULL_THROUGH_CACHE_RULES,
+                    functools.partial(_describe_rules_page, client, registry.account, token),
+                    budget_end=budget_end,
+                    context=context,
+                )
+                rules.extend(_rule(dict(raw)) for raw in response.get("pullThroughCacheRules", []))
+                token = str(response.get("nextToken") or "")
+                if not token:
+                    return tuple(rules)
+        except errors.ErrorResponse as exc:
+            logger.warning(
+                "pull-through cache rules cannot be read: repositories under a rule are"
+                " treated as plain repositories (grant ecr:DescribePullThroughCacheRules)",
+                extra=context | {"code": exc.code, "problem": exc.message},
+            )
+            return ()
+        except errors.RegistryError:
+            return None
         finally:
-            metrics.REGISTRY_SECONDS.labels(BATCH_GET_IMAGE).observe(time.monotonic() - started)
+            metrics.REGISTRY_SECONDS.labels(DESCRIBE_PULL_THROUGH_CACHE_RULES).observe(
+                time.monotonic() - started
+            )
+
+    def _through_upstream(
+        self,
+        rule: PullThroughRule,
+        repository: outcomes.Repository,
+        pending: Mapping[outcomes.Query, outcomes.Outcome],
+        budget_end: float,
+    ) -> dict[outcomes.Query, outcomes.Outcome]:
+        """What the upstream registry of `rule` says of the images ECR did not return."""
+        upstream = rule.upstream(repository.name)
+        asked = {q: outcomes.Query(upstream, tag=q.tag, digest=q.digest) for q in pending}
+        answers: Mapping[outcomes.Query, outcomes.Outcome] = {}
+        problem = ""
+        time_left = budget_end - time.monotonic()
+        if self._upstream is None or references.parse_ecr_host(upstream.registry) is not None:
+            problem = "an ECR private upstream is not asked"
+        elif time_left <= 0:
+            problem = "no time was left to ask it"
+        else:
+            try:
+                answers = self._upstream.lookup(upstream, list(asked.values()), timeout=time_left)
+            except errors.RegistryError as exc:
+                problem = str(exc)
+        results: dict[outcomes.Query, outcomes.Outcome] = {}
+        for query, ecr_said in pending.items():
+            said = _said(ecr_said)
+            where = f"{repository.name} is under the {rule}"
+            cause = _likely_cause(said, rule)
+            answer = answers.get(asked[query])
+            if isinstance(answer, outcomes.Found):
+                results[query] = outcomes.NotImported(
+                    f"{where}; ECR does not hold {query} and this lookup could not import"
+                    f" it ({said}): {cause}; the upstream {upstream} has it"
+                )
+            elif isinstance(answer, outcomes.Missing):
+                results[query] = outcomes.Missing(
+                    answer.code,
+                    f"{query}: {where}, and neither ECR nor the upstream has it (ECR: {said};"
+                    f" upstream: {answer.message})",
+                )
+            elif isinstance(answer, outcomes.Corrupt):
+                results[query] = answer
+            else:
+                upstream_problem = answer.message if answer is not None else problem
+                results[query] = outcomes.Unknown(
+                    f"{query}: {where}; ECR did not return it ({said}): {cause}; asking the"
+                    f" upstream {upstream} failed: {upstream_problem or 'no answer'}"
+                )
         return results
 
     def mutability(
@@ -276,6 +528,7 @@ class EcrClient:
         repository: outcomes.Repository,
         queries: Sequence[outcomes.Query],
         budget_end: float,
+        held: set[outcomes.Query],
     ) -> dict[outcomes.Query, outcomes.Outcome]:
         image_ids: list[ImageIdentifierTypeDef] = [_image_id(q) for q in queries]
         context = _context(BATCH_GET_IMAGE, registry, repository) | {"images": len(queries)}
@@ -300,12 +553,74 @@ class EcrClient:
                 )
                 return dict.fromkeys(queries, missing)
             raise _registry_error(exc, BATCH_GET_IMAGE, registry, repository) from exc
-        return _outcomes(
-            repository,
-            queries,
-            [dict(image) for image in response.get("images", [])],
-            [dict(failure) for failure in response.get("failures", [])],
+        failures: list[dict[str, Any]] = [dict(failure) for failure in response.get("failures", [])]
+        results = _outcomes(
+            repository, queries, [dict(image) for image in response.get("images", [])], failures
         )
+        codes = {
+            q: {
+                str(f.get("failureCode"))
+                for f in failures
+                if _failure_is_about(q, f.get("imageId", {}))
+            }
+            for q in queries
+            if isinstance(results[q], outcomes.Unknown)
+        }
+        held.update(q for q, said in codes.items() if said & HELD_FAILURE_CODES)
+        inaccessible = [q for q, said in codes.items() if IMAGE_INACCESSIBLE in said]
+        if inaccessible:
+            results |= self._archive_status(client, registry, repository, inaccessible, budget_end)
+        return results
+
+    def _archive_status(
+        self,
+        client: "ECRClient",
+        registry: references.EcrRegistry,
+        repository: outcomes.Repository,
+        queries: Sequence[outcomes.Query],
+        budget_end: float,
+    ) -> dict[outcomes.Query, outcomes.Outcome]:
+        """Archived for the queries whose image DescribeImages reports archived or being
+        restored; the others keep BatchGetImage's "could not tell"."""
+        image_ids: list[ImageIdentifierTypeDef] = [_image_id(q) for q in queries]
+        context = _context(DESCRIBE_IMAGES, registry, repository) | {"images": len(queries)}
+        started = time.monotonic()
+        try:
+            response = self._attempt(
+                DESCRIBE_IMAGES,
+                lambda: client.describe_images(
+                    registryId=registry.account,
+                    repositoryName=repository.name,
+                    imageIds=image_ids,
+                    # Without a filter only ACTIVE images are described.
+                    filter={"imageStatus": "ANY"},
+                ),
+                budget_end=budget_end,
+                context=context,
+            )
+        except errors.RegistryError as exc:
+            if isinstance(exc, errors.ErrorResponse):
+                exc = _registry_error(exc, DESCRIBE_IMAGES, registry, repository)
+            return {
+                q: outcomes.Unknown(
+                    f"{q}: ECR failure {IMAGE_INACCESSIBLE}, and whether it is archived"
+                    f" could not be read: {exc}"
+                )
+                for q in queries
+            }
+        finally:
+            metrics.REGISTRY_SECONDS.labels(DESCRIBE_IMAGES).observe(time.monotonic() - started)
+        results: dict[outcomes.Query, outcomes.Outcome] = {}
+        for detail in response.get("imageDetails", []):
+            status = str(detail.get("imageStatus", ""))
+            if status not in {ARCHIVED, ACTIVATING}:
+                continue
+            for query in queries:
+                if query not in results and _describes(query, detail):
+                    results[query] = outcomes.Archived(
+                        status, _archived_message(registry, repository, query, detail)
+                    )
+        return results
 
     def _attempt(
         self,
@@ -449,10 +764,97 @@ def _outcomes(
     return results
 
 
+def _describes(query: outcomes.Query, detail: Mapping[str, Any]) -> bool:
+    """Whether a DescribeImages `imageDetail` is the image `query` names."""
+    if query.digest is not None and detail.get("imageDigest") != query.digest:
+        return False
+    return query.tag is None or query.tag in (detail.get("imageTags") or [])
+
+
+def _archived_message(
+    registry: references.EcrRegistry,
+    repository: outcomes.Repository,
+    query: outcomes.Query,
+    detail: Mapping[str, Any],
+) -> str:
+    digest = str(detail.get("imageDigest") or query.digest or "")
+    image_id = f"imageDigest={digest}" if digest else f"imageTag={query.tag}"
+    if detail.get("imageStatus") == ACTIVATING:
+        return (
+            f"{query} is being restored from the ECR archive and cannot be pulled until the"
+            " restore completes (ECR says within 20 minutes)"
+        )
+    return (
+        f"{query} is archived in ECR (storage class ARCHIVE) and cannot be pulled until it is"
+        f" restored: {UPDATE_IMAGE_STORAGE_CLASS_CLI} --registry-id {registry.account}"
+        f" --region {registry.region} --repository-name {repository.name}"
+        f" --image-id {image_id} --target-storage-class STANDARD"
+    )
+
+
 def _image_answers(query: outcomes.Query, image_id: Mapping[str, Any]) -> bool:
     if query.digest is not None and image_id.get("imageDigest") != query.digest:
         return False
     return query.tag is None or image_id.get("imageTag") == query.tag
+
+
+def _describe_rules_page(client: "ECRClient", account: str, token: str) -> Mapping[str, Any]:
+    if token:
+        return client.describe_pull_through_cache_rules(registryId=account, nextToken=token)
+    return client.describe_pull_through_cache_rules(registryId=account)
+
+
+def _rule(raw: Mapping[str, Any]) -> PullThroughRule:
+    prefix = str(raw.get("ecrRepositoryPrefix", "")).rstrip("/")
+    upstream_prefix = str(raw.get("upstreamRepositoryPrefix") or "").rstrip("/")
+    return PullThroughRule(
+        prefix="" if prefix == "ROOT" else prefix,
+        upstream_url=str(raw.get("upstreamRegistryUrl", "")),
+        upstream_prefix="" if upstream_prefix == "ROOT" else upstream_prefix,
+        credential_arn=str(raw.get("credentialArn") or ""),
+    )
+
+
+def _said(outcome: outcomes.Outcome) -> str:
+    if isinstance(outcome, outcomes.Missing):
+        return f"{outcome.code}: {outcome.message}"
+    if isinstance(outcome, outcomes.Unknown | outcomes.Corrupt):
+        return outcome.message
+    return str(outcome)
+
+
+_UPSTREAM_CREDENTIAL_CODES: Final = (
+    "UnableToGetUpstreamImageException",
+    "UpstreamAccessDenied",
+    "UpstreamTooManyRequests",
+)
+
+
+def _likely_cause(said: str, rule: PullThroughRule) -> str:
+    """The likely reason ECR did not return an image under `rule`, from what it said."""
+    secret = f"the secret {rule.credential_arn}" if rule.credential_arn else "the rule's secret"
+    if any(code in said for code in _UPSTREAM_CREDENTIAL_CODES):
+        return (
+            "ECR could not pull it from the upstream; that is usually the upstream"
+            f" credential in Secrets Manager ({secret}): wrong, expired, or rate-limited"
+        )
+    if "UpstreamUnavailable" in said:
+        return "the upstream registry was unavailable to ECR"
+    if "AccessDenied" in said:
+        return (
+            "the webhook's IAM role may not import upstream images (grant"
+            " ecr:BatchImportUpstreamImage, and ecr:CreateRepository for a repository not"
+            " created yet, to pin on first use)"
+        )
+    if "RepositoryNotFound" in said:
+        return (
+            "the first pull through the cache creates the repository (grant"
+            " ecr:CreateRepository and ecr:BatchImportUpstreamImage to pin on first use)"
+        )
+    return (
+        "ECR has not imported it (with ecr:BatchImportUpstreamImage this lookup imports"
+        " it and pins it)"
+    )
 
 
 def _failure_is_about(query: outcomes.Query, image_id: Mapping[str, Any]) -> bool:

@@ -29,7 +29,9 @@ def lookup(
     oci_client = oci.OciClient(
         insecure_registries=plain_http, ca_file=ca_file, credentials=credentials
     )
-    client = routing.RoutingClient(ecr.EcrClient(endpoint_url=ecr_endpoint_url), oci_client)
+    client = routing.RoutingClient(
+        ecr.EcrClient(endpoint_url=ecr_endpoint_url, upstream=oci_client), oci_client
+    )
     try:
         return asyncio.run(_resolve(queries, client, budget))
     finally:

@@ -3,8 +3,10 @@
 It keeps the webhook a light user of the registry and keeps every admission within
 its time budget:
 
-- **Cache.** A `Found` is fresh for `ttl`, a `Missing` for `negative_ttl`; `Unknown`
-  and `Corrupt` are never cached, so the next admission asks again. A `Found` is
+- **Cache.** A `Found` is fresh for `ttl`; a `Missing`, an `Archived` or a
+  `NotImported` for `negative_ttl` (an archived image may be restored, a
+  pull-through image imported, any minute); `Unknown` and `Corrupt` are never
+  cached, so the next admission asks again. A `Found` is
   kept past its TTL (until evicted) to serve stale-if-error. Each cache holds at
   most `max_entries`, evicting the least recently used. `max_entries=0` turns
   caching, batching and single-flight all off: one registry request per image,
@@ -63,6 +65,8 @@ FAILURE_TTL: Final = 1.0
 """Seconds for which a query whose lookup failed is answered "could not tell" at once."""
 REFRESH_AHEAD: Final = 0.2
 """The last part of a Found's TTL in which a use of it starts a lookup in the background."""
+RECHECK_AGE: Final = 2.0
+"""A query to `recheck` is answered from the cache only if the entry is younger than this."""
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -111,8 +115,16 @@ class _LruCache(Generic[_K, _V]):
 
 _Key = tuple[str, str, str | None, str | None]
 """A query as plain strings: registry, repository, tag, digest."""
-_Stored = tuple[bool, str, str]
-"""An answer as plain strings: (True, digest, media type) or (False, code, message)."""
+_Stored = tuple[int, str, str]
+"""An answer as plain atoms: (_FOUND, digest, media type), (_MISSING, code, message) or
+(_ARCHIVED, status, message) or (_NOT_IMPORTED, "", message)."""
+_FOUND: Final = 0
+_MISSING: Final = 1
+_ARCHIVED: Final = 2
+_NOT_IMPORTED: Final = 3
+
+Answer = outcomes.Found | outcomes.Missing | outcomes.Archived | outcomes.NotImported
+"""An outcome the cache keeps: the registry's answer about the image."""
 
 
 class _DigestCache:
@@ -127,32 +139,35 @@ class _DigestCache:
     def __init__(self, max_entries: int) -> None:
         self._lru: _LruCache[_Key, _Stored] = _LruCache(DIGESTS_CACHE, max_entries)
 
-    def get(self, query: outcomes.Query) -> _Entry[outcomes.Found | outcomes.Missing] | None:
+    def get(self, query: outcomes.Query) -> _Entry[Answer] | None:
         entry = self._lru.get(_key(query))
         if entry is None:
             return None
-        found, first, second = entry.value
-        value = (
-            outcomes.Found(references.Digest(first), second)
-            if found
-            else outcomes.Missing(first, second)
-        )
+        kind, first, second = entry.value
+        value: Answer
+        if kind == _FOUND:
+            value = outcomes.Found(references.Digest(first), second)
+        elif kind == _ARCHIVED:
+            value = outcomes.Archived(first, second)
+        elif kind == _NOT_IMPORTED:
+            value = outcomes.NotImported(second)
+        else:
+            value = outcomes.Missing(first, second)
         return _Entry(value, entry.stored_at)
 
     def touch(self, query: outcomes.Query) -> None:
         self._lru.touch(_key(query))
 
-    def put(
-        self,
-        query: outcomes.Query,
-        value: outcomes.Found | outcomes.Missing,
-        stored_at: float,
-    ) -> None:
-        stored: _Stored = (
-            (True, value.digest, value.media_type)
-            if isinstance(value, outcomes.Found)
-            else (False, value.code, value.message)
-        )
+    def put(self, query: outcomes.Query, value: Answer, stored_at: float) -> None:
+        stored: _Stored
+        if isinstance(value, outcomes.Found):
+            stored = (_FOUND, value.digest, value.media_type)
+        elif isinstance(value, outcomes.Archived):
+            stored = (_ARCHIVED, value.status, value.message)
+        elif isinstance(value, outcomes.NotImported):
+            stored = (_NOT_IMPORTED, "", value.message)
+        else:
+            stored = (_MISSING, value.code, value.message)
         self._lru.put(_key(query), stored, stored_at)
 
 
@@ -218,9 +233,19 @@ class Resolver:
         self._cool_down = cool_down
 
     async def resolve(
-        self, queries: Mapping[outcomes.Query, float], *, deadline: float
+        self,
+        queries: Mapping[outcomes.Query, float],
+        *,
+        deadline: float,
+        recheck: Collection[outcomes.Query] = (),
     ) -> dict[outcomes.Query, outcomes.Outcome]:
-        """The outcome of every query; each value of `queries` is that query's max_stale seconds."""
+        """The outcome of every query; each value of `queries` is that query's max_stale seconds.
+
+        A query in `recheck` (the first pod of a revision) is asked of the registry unless
+        its cache entry is a moment old (`RECHECK_AGE`): what is pinned then is what the
+        registry says now, the same for every replica. A failed lookup still falls back
+        to the cached digest within max_stale.
+        """
         now = self._clock()
         answers: dict[outcomes.Query, outcomes.Outcome] = {}
         waiting: dict[outcomes.Query, _Flight[Any, outcomes.Outcome]] = {}
@@ -231,7 +256,11 @@ class Resolver:
         to_refresh: dict[outcomes.Repository, list[outcomes.Query]] = {}
         for query in queries:
             entry = self._digests.get(query)
-            if entry is not None and self._is_fresh(entry, now):
+            if (
+                entry is not None
+                and self._is_fresh(entry, now)
+                and not (query in recheck and now - entry.stored_at >= RECHECK_AGE)
+            ):
                 self._digests.touch(query)
                 answers[query] = entry.value
                 if self._due_for_refresh(query, entry, now):
@@ -341,9 +370,7 @@ class Resolver:
             return outcomes.Unknown(f"{query.repository}: {refusal}")
         return outcomes.Unknown(f"{query}: the registry did not answer within the deadline")
 
-    def _due_for_refresh(
-        self, query: outcomes.Query, entry: _Entry[outcomes.Found | outcomes.Missing], now: float
-    ) -> bool:
+    def _due_for_refresh(self, query: outcomes.Query, entry: _Entry[Answer], now: float) -> bool:
         return (
             self._shared
             and isinstance(entry.value, outcomes.Found)
@@ -362,7 +389,7 @@ class Resolver:
             return None
         return failure.value
 
-    def _is_fresh(self, entry: _Entry[outcomes.Found | outcomes.Missing], now: float) -> bool:
+    def _is_fresh(self, entry: _Entry[Answer], now: float) -> bool:
         ttl = self._ttl if isinstance(entry.value, outcomes.Found) else self._negative_ttl
         return now - entry.stored_at < ttl
 
@@ -389,7 +416,9 @@ class Resolver:
         return dataclasses.replace(entry.value, age_seconds=age)
 
     def _remember(self, query: outcomes.Query, outcome: outcomes.Outcome, now: float) -> None:
-        if isinstance(outcome, outcomes.Found | outcomes.Missing):
+        if isinstance(outcome, Answer):
+            # An Archived replaces a Found kept for stale-if-error: a digest no node can
+            # pull must not be served as if it could be.
             self._digests.put(query, outcome, now)
             self._failures.discard(_key(query))
         elif isinstance(outcome, outcomes.Unknown):

@@ -25,7 +25,7 @@ from kopf._core.reactor import inventory
 from webhook import errors, metrics, names
 from webhook.core import containers, decisions, policies, references
 from webhook.registries import resolver
-from webhook.serving import server
+from webhook.serving import rollouts, server
 
 logger = logging.getLogger("digestguard.admission")
 
@@ -104,6 +104,8 @@ class Admission:
     plain_http: references.PlainHttpHosts = references.NO_PLAIN_HTTP
     """Registries reached over plain HTTP: their `:80` is the default port of a reference."""
     clock: Callable[[], float] = time.monotonic
+    rollouts: "rollouts.Rollouts | None" = None
+    """Where the digests of controller revisions are kept (None: every pod on its own)."""
     indexes_loaded: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     _parsed: "_ParsedPolicies" = dataclasses.field(default_factory=lambda: _ParsedPolicies())
     waiting_on_registry: int = dataclasses.field(default=0, init=False)
@@ -260,20 +262,40 @@ class Admission:
         )
         if not the_plan.subjects:
             return None
+        revision = the_plan.revision if self.rollouts is not None else None
+        in_use: dict[str, references.Digest] = {}
+        unread: str | None = None
         # Counted as waiting on the registry, not as being decided (see the server's
         # `max_deciding`). Answered from the cache, this returns without yielding:
         # nothing else sees the count.
         self.waiting_on_registry += 1
         try:
+            if revision is not None and self.rollouts is not None and the_plan.rollout_images:
+                in_use, unread = await self.rollouts.in_use(
+                    revision, the_plan.rollout_images, deadline=deadline
+                )
+                the_plan = decisions.follow_revision(the_plan, in_use)
             results, mutabilities = await asyncio.gather(
-                self.resolver.resolve(the_plan.queries, deadline=deadline),
+                self.resolver.resolve(
+                    the_plan.queries, deadline=deadline, recheck=the_plan.recheck
+                ),
                 self.resolver.mutability(the_plan.repositories_for_mutability, deadline=deadline),
             )
         finally:
             self.waiting_on_registry -= 1
-        return await _run(
+        verdict = await _run(
             offload, functools.partial(decisions.decide, the_plan, results, mutabilities)
         )
+        if revision is not None and self.rollouts is not None and the_plan.rollout_images:
+            self.rollouts.record(revision, in_use, verdict, unread=unread is not None)
+            if unread is not None and verdict.revision_digests:
+                note = (
+                    f"the pods of {revision} could not be read ({unread}): pinned to the"
+                    " registry's digest, which later pods of this revision may not share"
+                    f" [{names.REASON_REVISION_UNREAD}]"
+                )
+                verdict = dataclasses.replace(verdict, warnings=(*verdict.warnings, note))
+        return verdict
 
     async def _namespace_labels(self, namespace: str, index: Mapping[Any, Any]) -> dict[str, str]:
         if not namespace:

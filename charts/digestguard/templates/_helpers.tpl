@@ -233,6 +233,12 @@ matchExpressions:
 - --tls-cert-file={{ include "digestguard.tlsMountPath" . }}/tls.crt
 - --tls-key-file={{ include "digestguard.tlsMountPath" . }}/tls.key
 {{- end }}
+{{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.minReplicas) 2) }}
+{{- fail "autoscaling.minReplicas must be at least 2: the webhook answers every pod creation (failurePolicy Fail), and with one replica a drain or a rollout leaves none; the PodDisruptionBudget keeps one of two" -}}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
+{{- fail (printf "autoscaling.maxReplicas (%v) must be at least autoscaling.minReplicas (%v)" .Values.autoscaling.maxReplicas .Values.autoscaling.minReplicas) -}}
+{{- end }}
 - --resolve-deadline={{ .Values.resolver.deadline }}
 - --cache-ttl={{ .Values.resolver.cacheTTL }}
 - --negative-cache-ttl={{ .Values.resolver.negativeCacheTTL }}
