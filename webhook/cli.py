@@ -1,22 +1,23 @@
-"""`digestguard serve` runs the webhook; `digestguard resolve IMAGE...` pins images by hand.
+"""`digestguard serve` runs the webhook; `digestguard resolve IMAGE...` pins images by hand;
+`digestguard pin PATH...` pins the images of manifests in place.
 
 Every `serve` flag has an environment variable: `--cache-ttl` is `DIGESTGUARD_CACHE_TTL`.
 """
 
 import argparse
 import asyncio
-import collections
 import dataclasses
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from webhook import __version__, app, errors, logs
-from webhook.core import durations, outcomes, references, text
-from webhook.registries import ecr, oci, protocol, resolver, routing
+from webhook.core import durations, outcomes, pinning, references, text
+from webhook.pin import command
+from webhook.registries import oneshot
+from webhook.registries.oci import dockerconfig
 
 logger = logging.getLogger("digestguard.cli")
 
@@ -112,8 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (EX_USAGE): argparse's own 2 is what `resolve`
+    and `pin` say when a registry could not tell."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digestguard", description=__doc__)
+    parser = _Parser(prog="digestguard", description=__doc__)
     parser.add_argument("--version", action="version", version=f"digestguard {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -149,6 +159,60 @@ def _parser() -> argparse.ArgumentParser:
         )
     resolve.add_argument("--timeout", default="10s", help="time budget for all lookups")
     resolve.set_defaults(run=_resolve)
+
+    pin = commands.add_parser(
+        "pin",
+        help="pin the images of Kubernetes manifests in place",
+        description="Pin the images of Pods and workloads in manifest files, directories"
+        " (*.yaml, *.yml, recursively) or standard input ('-') to their digests, in place,"
+        " keeping comments and formatting. As a KRM function (--krm, or a ResourceList on"
+        " standard input) it writes the ResourceList with results. Exit 0 when everything"
+        " is pinned, 1 when an image is missing or invalid (or, with --check, not pinned),"
+        " 2 when a registry could not tell, 64 on bad usage or unreadable YAML.",
+    )
+    pin.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files, directories, or '-' for standard input"
+    )
+    pin.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; list every image not pinned or missing (file:line), exit 1 if any",
+    )
+    pin.add_argument(
+        "--stdout",
+        action="store_true",
+        help="write the manifests to standard output instead of in place (also: -o -)",
+    )
+    pin.add_argument("-o", dest="output", default=None, metavar="-", help="'-': as --stdout")
+    pin.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="DigestPolicy YAML: pin only the images they cover, as they say (keepTag);"
+        " repeatable. Without it every image is pinned, keeping its tag",
+    )
+    pin.add_argument(
+        "--namespace-labels",
+        default=None,
+        metavar="K=V,...",
+        help="labels of the manifests' namespace, for the policies' namespaceSelector"
+        " (without it namespaceSelector is not matched: manifests do not carry them)",
+    )
+    pin.add_argument(
+        "--krm",
+        action="store_true",
+        help="run as a KRM function: a ResourceList on standard input, results on output",
+    )
+    for name in ("ecr-endpoint-url", "insecure-registries", "registry-ca-file"):
+        flag = next(f for f in SERVE_FLAGS if f.name == name)
+        pin.add_argument(
+            f"--{flag.name}",
+            default=os.environ.get(flag.env, flag.default),
+            help=f"{flag.help} [env {flag.env}]",
+        )
+    pin.add_argument("--timeout", default="30s", help="time budget for all lookups")
+    pin.set_defaults(run=_pin)
     return parser
 
 
@@ -219,18 +283,15 @@ def _resolve(options: argparse.Namespace) -> int:
         except errors.InvalidReference as error:
             raise errors.ConfigurationError(str(error)) from None
         parsed.append(reference)
-    oci_client = oci.OciClient(
-        insecure_registries=plain_http,
+    queries = {outcomes.existence_query(reference): 0.0 for reference in parsed}
+    results = oneshot.lookup(
+        queries,
+        budget=timeout,
+        ecr_endpoint_url=options.ecr_endpoint_url or None,
+        plain_http=plain_http,
         ca_file=options.registry_ca_file or None,
+        credentials=dockerconfig.from_environment(),
     )
-    client = routing.RoutingClient(
-        ecr.EcrClient(endpoint_url=options.ecr_endpoint_url or None, upstream=oci_client),
-        oci_client,
-    )
-    try:
-        results = asyncio.run(_lookup(parsed, client, timeout))
-    finally:
-        oci_client.close()
     status = 0
     for reference in parsed:
         outcome = results[outcomes.existence_query(reference)]
@@ -252,15 +313,33 @@ def _resolve(options: argparse.Namespace) -> int:
     return status
 
 
-async def _lookup(
-    parsed: list[references.ImageReference], client: protocol.RegistryClient, budget: float
-) -> dict[outcomes.Query, outcomes.Outcome]:
-    the_resolver = resolver.Resolver(client)
-    try:
-        queries = collections.OrderedDict((outcomes.existence_query(r), 0.0) for r in parsed)
-        return await the_resolver.resolve(queries, deadline=time.monotonic() + budget)
-    finally:
-        await the_resolver.aclose()
+def _pin(options: argparse.Namespace) -> int:
+    if options.output not in (None, "-"):
+        raise errors.ConfigurationError(
+            f"-o: only '-' (standard output) is supported, not {_shown(options.output)}"
+        )
+    paths = tuple(options.paths)
+    if not paths:
+        if sys.stdin.isatty() and not options.krm:
+            raise errors.ConfigurationError("pin: name files or directories, or '-' for stdin")
+        paths = (command.STDIN,)
+    labels = (
+        None if options.namespace_labels is None else pinning.parse_labels(options.namespace_labels)
+    )
+    pin_options = command.Options(
+        paths=paths,
+        check=options.check,
+        stdout=options.stdout or options.output == "-",
+        krm=options.krm,
+        policy_files=tuple(options.policy),
+        namespace_labels=labels,
+        budget=_seconds(options.timeout, "timeout"),
+        ecr_endpoint_url=options.ecr_endpoint_url or None,
+        plain_http=references.plain_http_hosts(_hosts(options.insecure_registries)),
+        ca_file=options.registry_ca_file or None,
+        credentials=dockerconfig.from_environment(),
+    )
+    return command.run(pin_options, sys.stdin, sys.stdout, sys.stderr)
 
 
 def _seconds(raw: str, flag: str) -> float:

@@ -7,6 +7,7 @@
     ├── InvalidReview         an HTTP body that is not a usable AdmissionReview request
     ├── InvalidCertificate    bytes that are not the PEM certificate or key they should be
     ├── ConfigurationError    bad command-line flags or environment
+    ├── InvalidManifest       a manifest or policy file that is not usable YAML, by file and line
     ├── KubernetesError       a Kubernetes API call failed (never a raw client exception)
     │   ├── Conflict          someone else wrote first (HTTP 409): read again, decide again
     │   └── ReconcileError    the TLS Secret kept changing under us
@@ -64,6 +65,19 @@ class InvalidCertificate(DigestguardError):
 
 class ConfigurationError(DigestguardError):
     """Command-line flags or environment that cannot work together."""
+
+
+class InvalidManifest(DigestguardError):
+    """A manifest (or policy file) that cannot be read: `line` counts from 1, None if unknown."""
+
+    def __init__(self, line: int | None, problem: str, source: str = "") -> None:
+        self.line = line
+        self.problem = problem
+        self.source = source
+        where = source
+        if line is not None:
+            where = f"{source}:{line}" if source else f"line {line}"
+        super().__init__(f"{where}: {problem}" if where else problem)
 
 
 class KubernetesError(DigestguardError):

@@ -127,6 +127,9 @@ class TokenServer:
         self.signer = signer
         self.expires_in = expires_in
         self.refused: set[str] = set()
+        self.accounts: dict[str, str] = {}
+        """user -> password; when set, a token is given only to a client sending one as
+        Basic credentials (as Docker Hub's or Harbor's token service does)."""
         self.scopes: list[str] = []
         self._lock = threading.Lock()
         server = self
@@ -139,6 +142,12 @@ class TokenServer:
                     self.send_error(404)
                     return
                 scopes = query.get("scope", [])
+                if server.accounts and not server.admits(self.headers.get("Authorization", "")):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="token"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 with server._lock:
                     server.scopes.extend(scopes)
                 body = json.dumps(
@@ -168,6 +177,17 @@ class TokenServer:
             target=self._server.serve_forever, args=(0.05,), daemon=True
         )
         self._thread.start()
+
+    def admits(self, authorization: str) -> bool:
+        """Whether `authorization` is `Basic` with a user and password of `accounts`."""
+        scheme, _, encoded = authorization.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return False
+        return self.accounts.get(user) == password
 
     def issue(self, *scopes: str) -> str:
         """A signed token granting `scopes` (`repository:NAME:pull,push`)."""

@@ -1,6 +1,7 @@
 """A small OCI distribution stub: what a real registry will not do, over HTTP on loopback.
 
-It serves `GET /v2/<name>/manifests/<reference>` from `manifests`, and can be told to
+It serves `GET /v2/<name>/manifests/<reference>` from `manifests` (and HEAD, when
+`head` is set), and can be told to
 answer the next requests with queued answers (429, 503, a redirect, HTML…), to report a
 `Docker-Content-Digest` that is not the one of the bytes it sends, and to demand the
 anonymous Bearer token flow (its own `/token` endpoint) or Basic credentials. It
@@ -12,6 +13,7 @@ records every request.
         ...  # point an OciClient at stub.host, listed as an insecure registry
 """
 
+import base64
 import dataclasses
 import hashlib
 import http.server
@@ -38,6 +40,7 @@ class Answer:
 class Received:
     path: str
     headers: Mapping[str, str]
+    method: str = "GET"
 
 
 class OciStub:
@@ -50,8 +53,13 @@ class OciStub:
         """(repository, tag or digest) → the Docker-Content-Digest to report instead."""
         self.missing_repositories: set[str] = set()
         """Repositories answered with 404 NAME_UNKNOWN."""
+        self.head = False
+        """Answer HEAD as a registry does (headers only); off, HEAD is 501, as a server
+        without it answers."""
         self.auth: str | None = None
         """None, BEARER (anonymous token flow) or BASIC (credentials required)."""
+        self.basic_account: tuple[str, str] | None = None
+        """BASIC mode: the (user, password) accepted; None accepts nobody."""
         self.token_expires_in = 300
         self.refuse_tokens = False
         """Bearer mode: the token endpoint answers 401 instead of a token."""
@@ -89,7 +97,8 @@ class OciStub:
             return list(self._received)
 
     def manifest_requests(self) -> int:
-        return sum("/manifests/" in r.path for r in self.received())
+        """Manifest GETs (what Docker Hub counts as pulls); HEADs are in `received`."""
+        return sum("/manifests/" in r.path and r.method == "GET" for r in self.received())
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         stub = self
@@ -98,8 +107,22 @@ class OciStub:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_HEAD(self) -> None:
+                if not stub.head:
+                    with stub._lock:
+                        stub._received.append(
+                            Received(self.path, dict(self.headers.items()), "HEAD")
+                        )
+                    self.send_error(501, "Unsupported method ('HEAD')")
+                    return
+                self._serve("HEAD")
+
+            def _serve(self, method: str) -> None:
+                self._head_only = method == "HEAD"
                 with stub._lock:
-                    stub._received.append(Received(self.path, dict(self.headers.items())))
+                    stub._received.append(Received(self.path, dict(self.headers.items()), method))
                 url = urllib.parse.urlsplit(self.path)
                 if url.path == "/token":
                     self._token(urllib.parse.parse_qs(url.query))
@@ -127,6 +150,10 @@ class OciStub:
 
             def _authorized(self) -> bool:
                 given = self.headers.get("Authorization", "")
+                if stub.auth == BASIC and stub.basic_account is not None:
+                    pair = ":".join(stub.basic_account).encode()
+                    if given == "Basic " + base64.b64encode(pair).decode():
+                        return True
                 if stub.auth == BASIC:
                     self._error(
                         401,
@@ -177,7 +204,8 @@ class OciStub:
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not getattr(self, "_head_only", False):
+                    self.wfile.write(body)
                 if stub.drop_connections:
                     self.close_connection = True
 

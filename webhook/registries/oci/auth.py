@@ -1,5 +1,7 @@
-"""The anonymous Bearer token flow of the distribution API: `WWW-Authenticate` challenges
-and the tokens they lead to.
+"""The Bearer token flow of the distribution API: `WWW-Authenticate` challenges and the
+tokens they lead to, anonymous unless a Docker config gave credentials for the registry
+(`dockerconfig`; the command line only), which then go to the token endpoint as Basic
+credentials, or to the registry itself when it asks for Basic.
 
 A registry that wants a token answers 401 with `WWW-Authenticate: Bearer realm=…,
 service=…,scope=…`; the token endpoint (`realm`) hands an anonymous client a token for
@@ -9,6 +11,7 @@ remembered, so the next request to that registry carries a token at once instead
 being challenged again.
 """
 
+import base64
 import collections
 import dataclasses
 import json
@@ -20,7 +23,7 @@ from typing import Final
 
 from webhook import errors, metrics
 from webhook.core import outcomes
-from webhook.registries.oci import transport
+from webhook.registries.oci import dockerconfig, transport
 
 GET_TOKEN: Final = "GetToken"
 """Operation label of the registry metrics."""
@@ -112,11 +115,20 @@ def pull_scope(repository: outcomes.Repository) -> str:
 
 
 def unauthorized(
-    repository: outcomes.Repository, response: transport.Response, *, after_token: bool
+    repository: outcomes.Repository,
+    response: transport.Response,
+    *,
+    after_token: bool,
+    with_credentials: bool = False,
 ) -> str:
-    """Why a 401 answer means the repository is closed to an anonymous client."""
+    """Why a 401 answer means the repository is closed to this client."""
     code, message = response.error()
     said = f"HTTP 401{f' {code}: {message}' if code else ''}"
+    if with_credentials:
+        return (
+            f"{repository.registry} refused the credentials of the Docker config for"
+            f" {repository.name} ({said})"
+        )
     if after_token:
         return (
             f"{repository.registry} refused the anonymous token for {repository.name} ({said}):"
@@ -157,15 +169,22 @@ class Tokens:
         *,
         may_go_to: Callable[[transport.Origin, str], bool],
         clock: Callable[[], float],
+        credentials: dockerconfig.Credentials | None = None,
     ) -> None:
         self._transport = transport_
         self._may_go_to = may_go_to
         self._clock = clock
+        self._credentials = dict(credentials or {})
+        self._basic: set[str] = set()
+        """Registries that asked for Basic credentials (and have them)."""
         self._tokens: collections.OrderedDict[tuple[_Issuer, str], _Token] = (
             collections.OrderedDict()
         )
         self._issuers: dict[str, _Issuer] = {}
         self._lock = threading.Lock()
+
+    def has_credentials(self, registry: str) -> bool:
+        return registry in self._credentials
 
     def cached(self, repository: outcomes.Repository) -> str | None:
         """A live token for pulling `repository`, from its registry's last challenge."""
@@ -181,6 +200,44 @@ class Tokens:
                 del self._tokens[key]
                 return None
             return cached.value
+
+    def cached_authorization(self, repository: outcomes.Repository) -> str | None:
+        """The `Authorization` to send at once to `repository`'s registry, if known."""
+        with self._lock:
+            basic = repository.registry in self._basic
+        if basic:
+            return self._basic_header(repository.registry)
+        token = self.cached(repository)
+        return None if token is None else f"Bearer {token}"
+
+    def authorization(
+        self,
+        repository: outcomes.Repository,
+        challenged: transport.Response,
+        budget_end: float,
+    ) -> str:
+        """The `Authorization` that answers the challenge of a 401: a Bearer token (fetched
+        with the registry's credentials when there are some), or the credentials
+        themselves for a Basic challenge. Raises as `fetched` does."""
+        challenges = [
+            c
+            for value in challenged.header_values("WWW-Authenticate")
+            for c in parse_challenges(value)
+        ]
+        basic = self._basic_header(repository.registry)
+        schemes = {c.scheme for c in challenges}
+        if basic is not None and "basic" in schemes and "bearer" not in schemes:
+            with self._lock:
+                self._basic.add(repository.registry)
+            return basic
+        return f"Bearer {self.fetched(repository, challenged, budget_end)}"
+
+    def _basic_header(self, registry: str) -> str | None:
+        credential = self._credentials.get(registry)
+        if credential is None:
+            return None
+        pair = f"{credential.username}:{credential.password}".encode()
+        return f"Basic {base64.b64encode(pair).decode()}"
 
     def fetched(
         self,
@@ -221,6 +278,7 @@ class Tokens:
             response = self._transport.get(
                 url,
                 headers={"Accept": "application/json"},
+                authorization=self._basic_header(repository.registry),
                 budget_end=budget_end,
                 max_bytes=MAX_TOKEN_RESPONSE_BYTES,
                 may_go_to=lambda origin: self._may_go_to(origin, repository.registry),
@@ -241,6 +299,12 @@ class Tokens:
         metrics.REGISTRY_CALLS.labels(GET_TOKEN, "ok" if token else "error").inc()
         if token is None:
             code, message = response.error()
+            if self.has_credentials(repository.registry):
+                raise errors.Refused(
+                    f"the token endpoint {realm} refused the credentials of the Docker config"
+                    f" for {repository.registry} (HTTP {response.status}"
+                    f"{f' {code}: {message}' if code else ''}), or gave no token for {scope}"
+                )
             raise errors.Refused(
                 f"the token endpoint {realm} gave no anonymous token for {scope}"
                 f" (HTTP {response.status}{f' {code}: {message}' if code else ''});"

@@ -3,11 +3,25 @@
 `OciClient` implements `protocol.RegistryClient` for every registry that is not an
 Amazon ECR private registry (Docker Hub, ECR Public, GHCR, Quay, Harbor, a CNCF
 distribution of your own…), over `transport` (urllib3). The API has no batch
-call: each image is one `GET /v2/<name>/manifests/<tag or digest>`, sent with the
-same `Accept` list as ECR's `acceptedMediaTypes`. Pulls are anonymous: the Bearer
-token flow (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`) is followed without
-credentials (`auth`), and each token is kept per (realm, service, scope) until its
-`expires_in`.
+call: each image is asked on its own, with the same `Accept` list as ECR's
+`acceptedMediaTypes`, in a way that spares rate-limited registries (Docker Hub counts
+a manifest GET as a pull, a HEAD not):
+
+- a tag is asked with `HEAD /v2/<name>/manifests/<tag>`; when the digest it reports
+  (`Docker-Content-Digest`) was verified before, that is the answer, without a pull;
+  otherwise the manifest is fetched by that digest and its bytes verified;
+- a digest verified before is asked with a HEAD (does it still exist?); one not
+  verified before is fetched at once;
+- a verified (registry, repository, digest) is remembered (at most
+  `MAX_VERIFIED_DIGESTS`): its bytes cannot change, only its existence can;
+- any HEAD answer other than 200 with a digest (an error, a registry without HEAD,
+  a digest other than the one asked) is asked again as a GET, whose answer is the
+  one the table below reads.
+
+The Bearer token flow (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`) is followed
+(`auth`), anonymously unless the client was given `credentials` (the command line's,
+from the user's Docker config), and each token is kept per (realm, service, scope)
+until its `expires_in`.
 
 What each answer becomes (`Missing` denies under Mutate/Enforce, `Unknown` goes to
 the policy's `onResolveError`):
@@ -34,7 +48,7 @@ the policy's `onResolveError`):
     3xx                                     followed  at most 5 redirects; Authorization stays with
                                                         the registry's host; never HTTPS → HTTP
     429, 5xx, connection errors and         retried   full-jitter backoff, at least Retry-After,
-      timeouts (manifest or token)                      while the call's time budget allows
+      timeouts (manifest, HEAD or token)                while the call's time budget allows
                                                         another attempt, then error
     TLS verification failure                error     a configuration problem: not retried
 
@@ -48,7 +62,9 @@ the registries listed in `insecure_registries`. `docker.io` is served at
 `max_idle_connections` per origin.
 """
 
+import collections
 import logging
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -57,12 +73,19 @@ from typing import Final
 from webhook import errors, metrics
 from webhook.core import outcomes, references
 from webhook.registries import manifests, protocol, retries
-from webhook.registries.oci import auth, transport
+from webhook.registries.oci import auth, dockerconfig, transport
 
 logger = logging.getLogger("digestguard.oci")
 
 GET_MANIFEST: Final = "GetManifest"
 """Operation label of the registry metrics (the token endpoint's is `auth.GET_TOKEN`)."""
+HEAD_MANIFEST: Final = "HeadManifest"
+"""Operation label of a manifest HEAD: what a tag points to, without the manifest."""
+
+MAX_VERIFIED_DIGESTS: Final = 100_000
+"""Verified (registry, repository, digest)s remembered, least recently used forgotten."""
+HEAD_UNSUPPORTED: Final = frozenset({405, 501})
+"""A HEAD answered so is asked again as a GET."""
 
 DOCKER_HUB_API_HOST: Final = "registry-1.docker.io"
 """Where the distribution API of `docker.io` is served."""
@@ -101,6 +124,7 @@ class OciClient:
         read_timeout: float = 3.0,
         max_idle_connections: int = 32,
         clock: Callable[[], float] = time.monotonic,
+        credentials: dockerconfig.Credentials | None = None,
     ) -> None:
         self._insecure = frozenset(_insecure_entry(entry) for entry in insecure_registries)
         self._transport = transport.Transport(
@@ -109,7 +133,13 @@ class OciClient:
             read_timeout=read_timeout,
             max_idle_connections=max_idle_connections,
         )
-        self._tokens = auth.Tokens(self._transport, may_go_to=self._may_use, clock=clock)
+        self._tokens = auth.Tokens(
+            self._transport, may_go_to=self._may_use, clock=clock, credentials=credentials
+        )
+        self._verified: collections.OrderedDict[tuple[str, str, str], str] = (
+            collections.OrderedDict()
+        )
+        self._verified_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the idle connections; the client stays usable."""
@@ -168,38 +198,128 @@ class OciClient:
             "reference": reference,
         }
 
+        try:
+            headed = self._headed(repository, query, reference, budget_end, context)
+        except errors.Refused as exc:
+            return outcomes.Unknown(f"{repository}: {exc.message}"), True
+        if headed is not None:
+            return headed, False
+        return self._got(repository, query, reference, budget_end, context)
+
+    def _headed(
+        self,
+        repository: outcomes.Repository,
+        query: outcomes.Query,
+        reference: str,
+        budget_end: float,
+        context: Mapping[str, str],
+    ) -> outcomes.Outcome | None:
+        """The outcome a HEAD tells, or None when a GET has to tell it.
+
+        A HEAD is not counted as a pull by Docker Hub's rate limits. It answers with the
+        digest a tag points to (`Docker-Content-Digest`); a digest whose manifest was
+        verified before is the answer, since its bytes cannot change. Any other answer
+        (a digest not yet verified, an error, a registry without HEAD) is left to a GET,
+        which verifies the bytes, or says precisely what is wrong.
+        """
+        if query.digest is not None and self._verified_type(repository, query.digest) is None:
+            return None
+        try:
+            response = self._call(HEAD_MANIFEST, repository, reference, budget_end, context)
+        except errors.Refused:
+            return None
+        if response.status != 200:
+            return None
+        reported = response.headers.get("Docker-Content-Digest", "").strip()
+        if not reported or (query.digest is not None and reported != query.digest):
+            return None
+        media_type = self._verified_type(repository, reported)
+        if media_type is not None:
+            return outcomes.Found(references.Digest(reported), media_type)
+        # The tag's digest, not verified yet: fetch the manifest by that digest, so that
+        # what is verified (and remembered) is exactly what a runtime will pull.
+        by_digest = outcomes.Query(repository, digest=references.Digest(reported))
+        outcome, _ = self._got(repository, by_digest, reported, budget_end, context)
+        return outcome if isinstance(outcome, outcomes.Found) else None
+
+    def _verified_type(self, repository: outcomes.Repository, digest: str) -> str | None:
+        """The media type of a manifest verified before to have `digest`, or None."""
+        key = (repository.registry, repository.name, digest)
+        with self._verified_lock:
+            media_type = self._verified.get(key)
+            if media_type is not None:
+                self._verified.move_to_end(key)
+        return media_type
+
+    def _got(
+        self,
+        repository: outcomes.Repository,
+        query: outcomes.Query,
+        reference: str,
+        budget_end: float,
+        context: Mapping[str, str],
+    ) -> tuple[outcomes.Outcome, bool]:
+        """The outcome of a GET of the manifest; a verified one is remembered."""
+        try:
+            response = self._call(GET_MANIFEST, repository, reference, budget_end, context)
+        except errors.Refused as exc:
+            return outcomes.Unknown(f"{repository}: {exc.message}"), True
+        outcome, for_the_repository = _outcome(repository, query, response)
+        if isinstance(outcome, outcomes.Found):
+            with self._verified_lock:
+                key = (repository.registry, repository.name, outcome.digest)
+                self._verified[key] = outcome.media_type
+                self._verified.move_to_end(key)
+                while len(self._verified) > MAX_VERIFIED_DIGESTS:
+                    self._verified.popitem(last=False)
+        return outcome, for_the_repository
+
+    def _call(
+        self,
+        operation: str,
+        repository: outcomes.Repository,
+        reference: str,
+        budget_end: float,
+        context: Mapping[str, str],
+    ) -> transport.Response:
+        """One manifest request (`operation` GET_MANIFEST or HEAD_MANIFEST), retried within
+        the budget; counted in the metrics under `operation`."""
+        method = "HEAD" if operation == HEAD_MANIFEST else "GET"
+
         def attempt() -> transport.Response:
             try:
-                response = self._get_manifest(repository, reference, budget_end)
+                response = self._get_manifest(repository, reference, budget_end, method=method)
             except errors.Retryable as exc:
                 metrics.REGISTRY_CALLS.labels(
-                    GET_MANIFEST, "throttled" if exc.throttled else "error"
+                    operation, "throttled" if exc.throttled else "error"
                 ).inc()
                 raise
             except (errors.Refused, errors.RegistryError):
-                metrics.REGISTRY_CALLS.labels(GET_MANIFEST, "error").inc()
+                metrics.REGISTRY_CALLS.labels(operation, "error").inc()
                 raise
             answered = response.status in (200, 404) or (
                 response.status == 400 and response.error()[0] in MISSING_INVALID_CODES
             )
-            metrics.REGISTRY_CALLS.labels(GET_MANIFEST, "ok" if answered else "error").inc()
+            metrics.REGISTRY_CALLS.labels(operation, "ok" if answered else "error").inc()
             return response
 
-        try:
-            response = retries.call(
-                attempt, what=GET_MANIFEST, budget_end=budget_end, logger=logger, context=context
-            )
-        except errors.Refused as exc:
-            return outcomes.Unknown(f"{repository}: {exc.message}"), True
-        return _outcome(repository, query, response)
+        return retries.call(
+            attempt, what=operation, budget_end=budget_end, logger=logger, context=context
+        )
 
     def _get_manifest(
-        self, repository: outcomes.Repository, reference: str, budget_end: float
+        self,
+        repository: outcomes.Repository,
+        reference: str,
+        budget_end: float,
+        *,
+        method: str = "GET",
     ) -> transport.Response:
-        """One GET of a manifest, through the anonymous token flow and redirects.
+        """One GET (or HEAD) of a manifest, through the anonymous token flow and redirects.
 
         Raises `errors.Retryable` for 429/5xx/transport failures and
-        `errors.Refused` when access is refused; any other answer is returned.
+        `errors.Refused` when access is refused; any other answer is returned, and so
+        is a HEAD that the registry does not implement (405, 501).
         """
         scheme = "http" if repository.registry in self._insecure else "https"
         url = (
@@ -207,21 +327,31 @@ class OciClient:
             f"/v2/{urllib.parse.quote(repository.name, safe='/')}"
             f"/manifests/{urllib.parse.quote(reference, safe=':')}"
         )
-        token = self._tokens.cached(repository)
+        authorization = self._tokens.cached_authorization(repository)
         fresh_token = False
         while True:
             response = self._transport.get(
                 url,
                 headers={"Accept": ", ".join(protocol.ACCEPTED_MEDIA_TYPES)},
-                authorization=None if token is None else f"Bearer {token}",
+                authorization=authorization,
                 budget_end=budget_end,
                 max_bytes=MAX_MANIFEST_BYTES,
                 may_go_to=lambda origin: self._may_use(origin, repository.registry),
+                method=method,
             )
+            if method == "HEAD" and response.status in HEAD_UNSUPPORTED:
+                return response
             if response.status == 401:
                 if fresh_token:
-                    raise errors.Refused(auth.unauthorized(repository, response, after_token=True))
-                token = self._tokens.fetched(repository, response, budget_end)
+                    raise errors.Refused(
+                        auth.unauthorized(
+                            repository,
+                            response,
+                            after_token=True,
+                            with_credentials=self._tokens.has_credentials(repository.registry),
+                        )
+                    )
+                authorization = self._tokens.authorization(repository, response, budget_end)
                 fresh_token = True
                 continue
             if response.status == 429 or response.status >= 500:

@@ -92,7 +92,8 @@ class Response:
 
 
 class Transport:
-    """Blocking GETs on pooled keep-alive connections; one instance serves every thread.
+    """Blocking GETs (and HEADs) on pooled keep-alive connections; one instance serves every
+    thread.
 
     Each attempt is bounded by `connect_timeout` and `read_timeout`, and both by what is
     left of the caller's budget. `max_idle_connections` are kept per origin.
@@ -138,8 +139,10 @@ class Transport:
         may_go_to: Callable[[Origin], bool],
         authorization: str | None = None,
         max_redirects: int = MAX_REDIRECTS,
+        method: str = "GET",
     ) -> Response:
-        """The answer to a GET of `url`, through at most `max_redirects` redirects.
+        """The answer to a GET (or `method` HEAD) of `url`, through at most `max_redirects`
+        redirects.
 
         `authorization` is sent only to the origin of `url`; a redirect is followed
         only to an origin `may_go_to` accepts, else `errors.Refused`. Raises
@@ -155,7 +158,7 @@ class Transport:
             sent = dict(headers)
             if authorization is not None and origin == authorized:
                 sent["Authorization"] = authorization
-            response = self._exchange(url, origin, sent, budget_end, max_bytes)
+            response = self._exchange(url, origin, sent, budget_end, max_bytes, method)
             if response.status not in REDIRECTS or redirects >= max_redirects:
                 return response
             redirects += 1
@@ -176,8 +179,9 @@ class Transport:
         headers: Mapping[str, str],
         budget_end: float,
         max_bytes: int,
+        method: str,
     ) -> Response:
-        """One GET of `url` on a pooled connection, its body read up to `max_bytes`."""
+        """One request of `url` on a pooled connection, its body read up to `max_bytes`."""
         replaced_a_stale_connection = False
         while True:
             time_left = budget_end - time.monotonic()
@@ -189,7 +193,7 @@ class Transport:
             )
             try:
                 answer = self._pool.request(
-                    "GET",
+                    method,
                     url,
                     headers=headers,
                     timeout=timeout,

@@ -1,0 +1,1 @@
+"""`digestguard pin`: pin the images of manifests before they reach Git or the cluster."""
