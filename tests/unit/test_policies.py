@@ -381,3 +381,15 @@ def test_star_never_matches_across_a_slash(pattern: str, name: str) -> None:
     # Without `**`, a pattern matches only names with the same number of slashes.
     if "**" not in pattern and policies.compile_glob(pattern).matches(name):
         assert name.count("/") == pattern.count("/")
+
+
+def test_the_names_a_policy_remembers_matching_are_bounded_and_answered_alike() -> None:
+    policy = policies.parse("p", 1, {"images": ["registry.example/team/**"]})
+    for index in range(policies.COVERS_KEPT + 50):
+        assert policy.covers(f"registry.example/team/app{index}")
+    assert not policy.covers("registry.example/other/app")
+    assert len(policy._covered) == policies.COVERS_KEPT
+    # Past the bound and for long names the answer is worked out again, and the same.
+    long_name = "registry.example/team/" + "a" * policies.COVERS_KEPT_LENGTH
+    assert policy.covers(long_name)
+    assert long_name not in policy._covered

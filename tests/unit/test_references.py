@@ -796,3 +796,14 @@ def test_arbitrary_host_text_is_either_ecr_or_none(text: str) -> None:
 def test_every_unicode_whitespace_inside_a_reference_is_refused(space: str) -> None:
     with pytest.raises(errors.InvalidReference, match="whitespace inside"):
         references.parse(f"registry.example/team/app{space}x:v1")
+
+
+def test_a_reference_parsed_again_is_the_same_value_and_a_huge_one_is_not_kept() -> None:
+    image = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/team/app:v1"
+    assert references.parse(image) is references.parse(image)
+    kept = references._parse_kept.cache_info().currsize
+    huge = "registry.example/app:" + "v" * 1_000_000
+    for _ in range(2):
+        with pytest.raises(errors.InvalidReference):
+            references.parse(huge)
+    assert references._parse_kept.cache_info().currsize == kept

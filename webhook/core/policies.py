@@ -112,6 +112,12 @@ class Glob:
         return _Program.compile(_fold(self.pattern))
 
 
+COVERS_KEPT: Final = 10_000
+"""Image names whose coverage one policy remembers; past that, names are matched anew."""
+COVERS_KEPT_LENGTH: Final = 512
+"""Longer names are matched every time, so the memory holds no huge strings."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     name: str
@@ -140,20 +146,29 @@ class Policy:
         )
 
     def covers(self, image_name: str) -> bool:
-        """Whether `image_name` (`registry/repository`) is in `images` and not excluded."""
+        """Whether `image_name` (`registry/repository`) is in `images` and not excluded.
+
+        Remembered per name (up to `COVERS_KEPT` names of at most `COVERS_KEPT_LENGTH`
+        characters): admissions ask about the same repositories again and again."""
+        kept = self._covered.get(image_name)
+        if kept is not None:
+            return kept
         name = _fold(image_name)
-        if self._excluded.matches(name):
-            return False
-        return self._included.matches(name)
+        covered = not self._excluded.matches(name) and self._included.matches(name)
+        if len(self._covered) < COVERS_KEPT and len(image_name) <= COVERS_KEPT_LENGTH:
+            self._covered[image_name] = covered
+        return covered
 
     # Built with the policy, where it is parsed (off the event loop), never by the first
     # admission that asks: for 20,000 globs that is a third of a second.
     def __post_init__(self) -> None:
         object.__setattr__(self, "_included", _GlobIndex(self.images))
         object.__setattr__(self, "_excluded", _GlobIndex(self.exclude_images))
+        object.__setattr__(self, "_covered", {})
 
     _included: "_GlobIndex" = dataclasses.field(init=False, repr=False, compare=False)
     _excluded: "_GlobIndex" = dataclasses.field(init=False, repr=False, compare=False)
+    _covered: dict[str, bool] = dataclasses.field(init=False, repr=False, compare=False)
 
 
 class _GlobIndex:

@@ -93,12 +93,30 @@ class ImageReference:
         return f"{untagged}@{digest}"
 
 
+PARSED_KEPT: Final = 4096
+"""References remembered once parsed (admissions name the same images again and again)."""
+PARSED_KEPT_LENGTH: Final = 512
+"""Longer image strings are parsed every time, so the memory holds no huge strings."""
+
+
 def parse(image: str, *, plain_http: PlainHttpHosts = NO_PLAIN_HTTP) -> ImageReference:
     """Parse `image`, or raise `InvalidReference` naming the part that is wrong.
 
     `plain_http` (from `plain_http_hosts`) names the registries reached over plain
-    HTTP, whose default port is 80 rather than 443 (see `canonical_host`).
+    HTTP, whose default port is 80 rather than 443 (see `canonical_host`). The result
+    (an immutable value) of a reference seen before is remembered, not parsed again.
     """
+    if len(image) <= PARSED_KEPT_LENGTH:
+        return _parse_kept(image, plain_http)
+    return _parse(image, plain_http)
+
+
+@functools.lru_cache(maxsize=PARSED_KEPT)
+def _parse_kept(image: str, plain_http: PlainHttpHosts) -> ImageReference:
+    return _parse(image, plain_http)
+
+
+def _parse(image: str, plain_http: PlainHttpHosts) -> ImageReference:
     if not image:
         raise errors.InvalidReference(image, "the reference is empty")
     if image != image.strip():
