@@ -194,7 +194,8 @@ def plan(
     subjects: list[Subject] = []
     queries: dict[outcomes.Query, float] = {}
     mutability: set[outcomes.Repository] = set()
-    policy_list = tuple(all_policies)
+    # Selectors depend on the pod, not the image: matched once for all its containers.
+    selected = policies.selecting(all_policies, namespace_labels, pod_labels)
     for container in containers.walk(review.obj):
         # On UPDATE only what changed: an image already running is not re-judged.
         if previous.get((container.list_name, container.container)) == container.image:
@@ -206,12 +207,7 @@ def plan(
             problem = None
         except errors.InvalidReference as error:
             reference, problem = None, error.problem
-        applicable = policies.applicable(
-            policy_list,
-            reference.name if reference is not None else None,
-            namespace_labels,
-            pod_labels,
-        )
+        applicable = policies.covering(selected, reference.name if reference is not None else None)
         in_phase = tuple(p for p in applicable if _acts_in(p, phase, review.kind))
         if phase is Phase.VALIDATING and review.kind == "Pod" and _tag_only(reference):
             # The mutating webhook runs first: a tag-only image under a Mutate policy here

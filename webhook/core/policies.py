@@ -285,17 +285,23 @@ def applicable(
     An image whose reference does not parse cannot be matched against globs, so every
     policy whose selectors match it applies: such an image cannot be pulled anyway.
     """
-    return tuple(
-        sorted(
-            (
-                policy
-                for policy in policies
-                if policy.selects(namespace_labels, pod_labels)
-                and (image_name is None or policy.covers(image_name))
-            ),
-            key=lambda policy: policy.name,
-        )
-    )
+    return covering(selecting(policies, namespace_labels, pod_labels), image_name)
+
+
+def selecting(
+    policies: Iterable[Policy], namespace_labels: Mapping[str, str], pod_labels: Mapping[str, str]
+) -> tuple[Policy, ...]:
+    """The policies whose selectors match a pod, by name: the same for all its images."""
+    chosen = [policy for policy in policies if policy.selects(namespace_labels, pod_labels)]
+    chosen.sort(key=lambda policy: policy.name)
+    return tuple(chosen)
+
+
+def covering(selected: tuple[Policy, ...], image_name: str | None) -> tuple[Policy, ...]:
+    """Of the `selecting` policies, those whose images cover `image_name` (see `applicable`)."""
+    if image_name is None:
+        return selected
+    return tuple(policy for policy in selected if policy.covers(image_name))
 
 
 def _globs(raw: Any, field: str, *, required: bool) -> tuple[Glob, ...]:

@@ -23,7 +23,7 @@ import kopf
 from kopf._core.reactor import inventory
 
 from webhook import errors, metrics, names
-from webhook.core import containers, decisions, policies, references
+from webhook.core import containers, decisions, outcomes, policies, references
 from webhook.registries import resolver
 from webhook.serving import rollouts, server
 
@@ -276,12 +276,21 @@ class Admission:
                     revision, the_plan.rollout_images, deadline=deadline
                 )
                 the_plan = decisions.follow_revision(the_plan, in_use)
-            results, mutabilities = await asyncio.gather(
-                self.resolver.resolve(
-                    the_plan.queries, deadline=deadline, recheck=the_plan.recheck
-                ),
-                self.resolver.mutability(the_plan.repositories_for_mutability, deadline=deadline),
+            resolving = self.resolver.resolve(
+                the_plan.queries, deadline=deadline, recheck=the_plan.recheck
             )
+            mutabilities: Mapping[outcomes.Repository, outcomes.MutabilityOutcome] = {}
+            if the_plan.repositories_for_mutability:
+                results, mutabilities = await asyncio.gather(
+                    resolving,
+                    self.resolver.mutability(
+                        the_plan.repositories_for_mutability, deadline=deadline
+                    ),
+                )
+            else:
+                # Awaited directly, cache hits answer without a turn of the event loop
+                # (gather would make a task of it).
+                results = await resolving
         finally:
             self.waiting_on_registry -= 1
         verdict = await _run(
