@@ -69,6 +69,22 @@ def statefulset(name: str, image: str, replicas: int) -> dict[str, Any]:
     }
 
 
+def job(name: str, image: str, parallelism: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "parallelism": parallelism,
+            "completions": 10,
+            "template": {
+                **pod_template(name, image),
+                "spec": {**pod_template(name, image)["spec"], "restartPolicy": "Never"},
+            },
+        },
+    }
+
+
 def pods_of(core: client.CoreV1Api, namespace: str, app: str) -> list[dict[str, Any]]:
     found = cluster.call(core.list_namespaced_pod, namespace, label_selector=f"app={app}")
     assert found.status == 200, found.body
@@ -238,6 +254,35 @@ def test_a_statefulset_scaled_up_after_its_tag_moved_stays_on_its_revisions_dige
         four[0]["metadata"]["labels"]["controller-revision-hash"]
     }
     assert digests(four) == {first}
+
+
+def test_a_job_whose_parallelism_grows_after_its_tag_moved_stays_on_one_digest(
+    start_webhook: Any,
+    ecr: Any,
+    core: client.CoreV1Api,
+    kube: Any,
+    make_namespace: Any,
+    make_policy: Any,
+) -> None:
+    webhook = start_webhook(extra_args=["--cache-ttl", f"{CACHE_TTL}s"])
+    namespace = make_namespace(webhook)
+    make_policy({"images": ECR_IMAGES, "namespaceSelector": cluster.only_in(namespace)})
+    repo = repository()
+    first = ecr.push(repo, "v1")
+    image = ecr.image(repo, "v1")
+    batch = client.BatchV1Api(kube)
+    made = cluster.call(batch.create_namespaced_job, namespace, job("migrate", image, 1))
+    assert made.status == 201, made.body
+    assert digests(wait_for_pods(core, namespace, "migrate", 1)) == {first}
+
+    moved = move_tag(ecr, repo, "v1", keep_old=True)
+    assert a_bare_pod_is_pinned_to(core, namespace, image) == moved
+    grown = cluster.call(
+        batch.patch_namespaced_job, "migrate", namespace, {"spec": {"parallelism": 3}}
+    )
+    assert grown.status == 200, grown.body
+
+    assert digests(wait_for_pods(core, namespace, "migrate", 3)) == {first}
 
 
 def test_a_revision_whose_digest_is_gone_pins_its_next_pod_afresh_and_warns_on_the_owner(
