@@ -1,7 +1,12 @@
 """The Bearer token flow of the distribution API: `WWW-Authenticate` challenges and the
-tokens they lead to, anonymous unless a Docker config gave credentials for the registry
-(`dockerconfig`; the command line only), which then go to the token endpoint as Basic
-credentials, or to the registry itself when it asks for Basic.
+tokens they lead to, anonymous unless there are credentials for the registry (the
+command line's from the user's Docker config, the webhook's from its pull Secrets; both
+`dockerconfig.Credential`s), which then go to the token endpoint as Basic credentials,
+or to the registry itself when it asks for Basic.
+
+The webhook's credentials change while it runs (`Tokens.replace_credentials`): the
+tokens and the Basic choice of a registry whose credential changed are forgotten at
+once, and a token fetched with a credential that was replaced meanwhile is not kept.
 
 A registry that wants a token answers 401 with `WWW-Authenticate: Bearer realm=…,
 service=…,scope=…`; the token endpoint (`realm`) hands an anonymous client a token for
@@ -119,26 +124,27 @@ def unauthorized(
     response: transport.Response,
     *,
     after_token: bool,
-    with_credentials: bool = False,
+    credentials_from: str | None = None,
 ) -> str:
-    """Why a 401 answer means the repository is closed to this client."""
+    """Why a 401 answer means the repository is closed to this client; `credentials_from`
+    names where the credentials sent came from (None: none were sent)."""
     code, message = response.error()
     said = f"HTTP 401{f' {code}: {message}' if code else ''}"
-    if with_credentials:
+    if credentials_from is not None:
         return (
-            f"{repository.registry} refused the credentials of the Docker config for"
+            f"{repository.registry} refused the credentials of {credentials_from} for"
             f" {repository.name} ({said})"
         )
     if after_token:
         return (
             f"{repository.registry} refused the anonymous token for {repository.name} ({said}):"
-            " the repository does not exist or needs credentials, which digestguard does"
-            " not send"
+            f" the repository does not exist or needs credentials, and digestguard has none"
+            f" for {repository.registry}"
         )
     challenge = response.headers.get("WWW-Authenticate", "") or "no WWW-Authenticate"
     return (
         f"{repository.registry} requires credentials for {repository.name} ({said},"
-        f" {challenge}); digestguard pulls anonymously"
+        f" {challenge}); digestguard has none for {repository.registry}"
     )
 
 
@@ -174,7 +180,9 @@ class Tokens:
         self._transport = transport_
         self._may_go_to = may_go_to
         self._clock = clock
-        self._credentials = dict(credentials or {})
+        self._credentials: Mapping[str, dockerconfig.Credential] = dict(credentials or {})
+        self._generation = 0
+        """Counts the replacements of the credentials: a token fetched across one is not kept."""
         self._basic: set[str] = set()
         """Registries that asked for Basic credentials (and have them)."""
         self._tokens: collections.OrderedDict[tuple[_Issuer, str], _Token] = (
@@ -185,6 +193,35 @@ class Tokens:
 
     def has_credentials(self, registry: str) -> bool:
         return registry in self._credentials
+
+    def credentials_from(self, registry: str) -> str | None:
+        """Where the credential sent to `registry` comes from, or None when there is none."""
+        credential = self._credentials.get(registry)
+        return None if credential is None else credential.source
+
+    def replace_credentials(self, credentials: dockerconfig.Credentials) -> frozenset[str]:
+        """Use `credentials` from now on; returns the registries whose credential changed
+        (added, removed or different), whose tokens and Basic choice are forgotten."""
+        with self._lock:
+            old = self._credentials
+            new = dict(credentials)
+            changed = frozenset(
+                registry
+                for registry in old.keys() | new.keys()
+                if old.get(registry) != new.get(registry)
+            )
+            if not changed:
+                return changed
+            self._credentials = new
+            self._generation += 1
+            self._basic -= changed
+            for registry in changed:
+                issuer = self._issuers.pop(registry, None)
+                if issuer is None:
+                    continue
+                for key in [k for k in self._tokens if k[0] == issuer]:
+                    del self._tokens[key]
+        return changed
 
     def cached(self, repository: outcomes.Repository) -> str | None:
         """A live token for pulling `repository`, from its registry's last challenge."""
@@ -270,6 +307,8 @@ class Tokens:
                 f"{repository.registry} sends clients to the token endpoint {realm!r},"
                 " which is not an HTTPS URL (nor one of an insecure registry)"
             )
+        with self._lock:
+            generation = self._generation
         query = {"scope": scope} | ({"service": bearer.service} if bearer.service else {})
         url = realm + ("&" if urllib.parse.urlsplit(realm).query else "?")
         url += urllib.parse.urlencode(query)
@@ -299,20 +338,25 @@ class Tokens:
         metrics.REGISTRY_CALLS.labels(GET_TOKEN, "ok" if token else "error").inc()
         if token is None:
             code, message = response.error()
-            if self.has_credentials(repository.registry):
+            source = self.credentials_from(repository.registry)
+            if source is not None:
                 raise errors.Refused(
-                    f"the token endpoint {realm} refused the credentials of the Docker config"
+                    f"the token endpoint {realm} refused the credentials of {source}"
                     f" for {repository.registry} (HTTP {response.status}"
                     f"{f' {code}: {message}' if code else ''}), or gave no token for {scope}"
                 )
             raise errors.Refused(
                 f"the token endpoint {realm} gave no anonymous token for {scope}"
                 f" (HTTP {response.status}{f' {code}: {message}' if code else ''});"
-                " the repository may need credentials, which digestguard does not send"
+                f" the repository may need credentials, and digestguard has none for"
+                f" {repository.registry}"
             )
         issuer = _Issuer(realm, bearer.service)
         key = (issuer, scope)
         with self._lock:
+            if generation != self._generation:
+                # Fetched with credentials replaced meanwhile: good for this request only.
+                return token
             self._issuers.pop(repository.registry, None)
             self._issuers[repository.registry] = issuer
             self._tokens[key] = _Token(token, asked_at + expires_in)

@@ -19,8 +19,9 @@ a manifest GET as a pull, a HEAD not):
   one the table below reads.
 
 The Bearer token flow (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`) is followed
-(`auth`), anonymously unless the client was given `credentials` (the command line's,
-from the user's Docker config), and each token is kept per (realm, service, scope)
+(`auth`), anonymously unless the client has credentials for the registry (the command
+line's from the user's Docker config; the webhook's from its pull Secrets, replaced as
+they change with `use_credentials`), and each token is kept per (realm, service, scope)
 until its `expires_in`.
 
 What each answer becomes (`Missing` denies under Mutate/Enforce, `Unknown` goes to
@@ -140,6 +141,11 @@ class OciClient:
             collections.OrderedDict()
         )
         self._verified_lock = threading.Lock()
+
+    def use_credentials(self, credentials: dockerconfig.Credentials) -> frozenset[str]:
+        """Send `credentials` from now on instead of those given before (thread-safe);
+        returns the registries whose credential changed."""
+        return self._tokens.replace_credentials(credentials)
 
     def close(self) -> None:
         """Close the idle connections; the client stays usable."""
@@ -264,7 +270,9 @@ class OciClient:
             response = self._call(GET_MANIFEST, repository, reference, budget_end, context)
         except errors.Refused as exc:
             return outcomes.Unknown(f"{repository}: {exc.message}"), True
-        outcome, for_the_repository = _outcome(repository, query, response)
+        outcome, for_the_repository = _outcome(
+            repository, query, response, self._tokens.credentials_from(repository.registry)
+        )
         if isinstance(outcome, outcomes.Found):
             with self._verified_lock:
                 key = (repository.registry, repository.name, outcome.digest)
@@ -348,7 +356,7 @@ class OciClient:
                             repository,
                             response,
                             after_token=True,
-                            with_credentials=self._tokens.has_credentials(repository.registry),
+                            credentials_from=self._tokens.credentials_from(repository.registry),
                         )
                     )
                 authorization = self._tokens.authorization(repository, response, budget_end)
@@ -377,9 +385,13 @@ def _insecure_entry(entry: str) -> str:
 
 
 def _outcome(
-    repository: outcomes.Repository, query: outcomes.Query, response: transport.Response
+    repository: outcomes.Repository,
+    query: outcomes.Query,
+    response: transport.Response,
+    credentials_from: str | None = None,
 ) -> tuple[outcomes.Outcome, bool]:
-    """What a final answer says about the query, and whether it holds for the whole repository."""
+    """What a final answer says about the query, and whether it holds for the whole repository
+    (`credentials_from`: where the credentials sent came from, None for none)."""
     status = response.status
     code, message = response.error()
     said = f"HTTP {status}" + (f" {code}: {message}" if code else "")
@@ -396,9 +408,12 @@ def _outcome(
     if status == 400 and code in MISSING_INVALID_CODES:
         return outcomes.Missing(code, f"{query}: {said}"), False
     if status == 403:
-        return outcomes.Unknown(
-            f"{repository}: {repository.registry} denied anonymous access ({said})"
-        ), True
+        who = (
+            "anonymous access"
+            if credentials_from is None
+            else f"access with the credentials of {credentials_from}"
+        )
+        return outcomes.Unknown(f"{repository}: {repository.registry} denied {who} ({said})"), True
     return outcomes.Unknown(f"{query}: {repository.registry} answered {said}"), False
 
 
