@@ -551,7 +551,7 @@ def chart_configurations(release: Release) -> secret.WebhookConfigurations:
 def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(
     control_plane: ControlPlane, api: Any, release: Release, tmp_path: Path
 ) -> None:
-    notes = release.install()
+    notes = release.install("--set", "registries.pullSecrets={regcred}")
     assert "Check that it works" in notes
     assert f"Secret {release.namespace}/{release.fullname}-tls" in notes
 
@@ -591,6 +591,12 @@ def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(
     core.create_namespaced_secret(release.namespace, {"metadata": {"name": "not-its-own"}})
     assert status_of(sa_core.read_namespaced_secret, "not-its-own", release.namespace) == 403
     assert status_of(sa_core.list_namespaced_secret, release.namespace) == 403
+    # The pull Secret it was named (registries.pullSecrets): get, and nothing more.
+    pull_secret = cluster.docker_registry_secret("regcred", "ghcr.io", "reader", "x")
+    core.create_namespaced_secret(release.namespace, pull_secret)
+    assert raw(sa_core.read_namespaced_secret, "regcred", release.namespace)["data"]
+    assert status_of(sa_core.patch_namespaced_secret, "regcred", release.namespace, {}) == 403
+    assert status_of(sa_core.delete_namespaced_secret, "regcred", release.namespace) == 403
     assert status_of(sa_core.read_namespaced_secret, "default-token", "default") == 403
     assert status_of(sa_admission.read_mutating_webhook_configuration, "someone-elses") == 403
     assert status_of(sa_admission.list_mutating_webhook_configuration) == 403
