@@ -256,3 +256,52 @@ def test_a_secret_of_another_type_is_refused_by_its_type(
     text = logged(caplog)
     assert "is of type 'Opaque', not kubernetes.io/dockerconfigjson" in text
     assert PASSWORD not in text
+
+
+# --------------------------------------------------------------------------
+# A pod namespace's credentials: asked with under their scope, and only there
+# --------------------------------------------------------------------------
+
+
+def scoped_lookup(
+    oci_client: oci.OciClient, registry: oci_registry.Registry, repository: str, scope: str
+) -> outcomes.Outcome:
+    query = outcomes.Query(outcomes.Repository(registry.host, repository), tag="1", scope=scope)
+    return oci_client.lookup(query.repository, [query], timeout=10.0)[query]
+
+
+def test_a_token_got_with_a_namespaces_secret_is_sent_for_that_scope_only(
+    registry: oci_registry.Registry, oci_client: oci.OciClient
+) -> None:
+    digest = registry.push_image("private/scoped", "1", seed="scoped")
+    team_a = "team-a/regcred@7"
+    oci_client.use_scoped(team_a, registry.host, credential(PASSWORD, "the pull Secret team-a/x"))
+
+    found = scoped_lookup(oci_client, registry, "private/scoped", team_a)
+    assert isinstance(found, outcomes.Found)
+    assert found.digest == digest
+    assert registry.token_server is not None
+    assert registry.token_server.authenticated[-1] == "alice"
+    seen = len(registry.token_server.authenticated)
+    # Right after: anonymous, and another namespace's scope, get nothing of team-a's.
+    assert isinstance(scoped_lookup(oci_client, registry, "private/scoped", ""), outcomes.Unknown)
+    other = scoped_lookup(oci_client, registry, "private/scoped", "team-b/regcred@9")
+    assert isinstance(other, outcomes.Unknown)
+    assert "refused the anonymous token" in other.message
+    asked_since = registry.token_server.authenticated[seen:]
+    assert asked_since
+    assert set(asked_since) == {""}, "only anonymous token requests"
+
+
+def test_refused_scoped_credentials_name_their_secret(
+    registry: oci_registry.Registry, oci_client: oci.OciClient
+) -> None:
+    registry.push_image("private/scoped-wrong", "1", seed="scoped-wrong")
+    scope = "team-c/regcred@3"
+    oci_client.use_scoped(
+        scope, registry.host, credential("nope", "the pull Secret team-c/regcred")
+    )
+    refused = scoped_lookup(oci_client, registry, "private/scoped-wrong", scope)
+    assert isinstance(refused, outcomes.Unknown)
+    assert "refused the credentials of the pull Secret team-c/regcred" in refused.message
+    assert "nope" not in refused.message

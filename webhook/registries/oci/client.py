@@ -147,6 +147,11 @@ class OciClient:
         returns the registries whose credential changed."""
         return self._tokens.replace_credentials(credentials)
 
+    def use_scoped(self, scope: str, registry: str, credential: dockerconfig.Credential) -> None:
+        """Send `credential` to `registry` for the queries of credential `scope` (a pod
+        namespace's pull Secret: `outcomes.Query.scope`); thread-safe."""
+        self._tokens.put_scoped(scope, registry, credential)
+
     def close(self) -> None:
         """Close the idle connections; the client stays usable."""
         self._transport.close()
@@ -231,7 +236,9 @@ class OciClient:
         if query.digest is not None and self._verified_type(repository, query.digest) is None:
             return None
         try:
-            response = self._call(HEAD_MANIFEST, repository, reference, budget_end, context)
+            response = self._call(
+                HEAD_MANIFEST, repository, reference, budget_end, context, scope=query.scope
+            )
         except errors.Refused:
             return None
         if response.status != 200:
@@ -244,7 +251,9 @@ class OciClient:
             return outcomes.Found(references.Digest(reported), media_type)
         # The tag's digest, not verified yet: fetch the manifest by that digest, so that
         # what is verified (and remembered) is exactly what a runtime will pull.
-        by_digest = outcomes.Query(repository, digest=references.Digest(reported))
+        by_digest = outcomes.Query(
+            repository, digest=references.Digest(reported), scope=query.scope
+        )
         outcome, _ = self._got(repository, by_digest, reported, budget_end, context)
         return outcome if isinstance(outcome, outcomes.Found) else None
 
@@ -267,11 +276,16 @@ class OciClient:
     ) -> tuple[outcomes.Outcome, bool]:
         """The outcome of a GET of the manifest; a verified one is remembered."""
         try:
-            response = self._call(GET_MANIFEST, repository, reference, budget_end, context)
+            response = self._call(
+                GET_MANIFEST, repository, reference, budget_end, context, scope=query.scope
+            )
         except errors.Refused as exc:
             return outcomes.Unknown(f"{repository}: {exc.message}"), True
         outcome, for_the_repository = _outcome(
-            repository, query, response, self._tokens.credentials_from(repository.registry)
+            repository,
+            query,
+            response,
+            self._tokens.credentials_from(repository.registry, query.scope),
         )
         if isinstance(outcome, outcomes.Found):
             with self._verified_lock:
@@ -289,14 +303,19 @@ class OciClient:
         reference: str,
         budget_end: float,
         context: Mapping[str, str],
+        *,
+        scope: str = "",
     ) -> transport.Response:
-        """One manifest request (`operation` GET_MANIFEST or HEAD_MANIFEST), retried within
-        the budget; counted in the metrics under `operation`."""
+        """One manifest request (`operation` GET_MANIFEST or HEAD_MANIFEST) with the
+        credentials of `scope`, retried within the budget; counted in the metrics under
+        `operation`."""
         method = "HEAD" if operation == HEAD_MANIFEST else "GET"
 
         def attempt() -> transport.Response:
             try:
-                response = self._get_manifest(repository, reference, budget_end, method=method)
+                response = self._get_manifest(
+                    repository, reference, budget_end, method=method, scope=scope
+                )
             except errors.Retryable as exc:
                 metrics.REGISTRY_CALLS.labels(
                     operation, "throttled" if exc.throttled else "error"
@@ -322,6 +341,7 @@ class OciClient:
         budget_end: float,
         *,
         method: str = "GET",
+        scope: str = "",
     ) -> transport.Response:
         """One GET (or HEAD) of a manifest, through the anonymous token flow and redirects.
 
@@ -335,7 +355,7 @@ class OciClient:
             f"/v2/{urllib.parse.quote(repository.name, safe='/')}"
             f"/manifests/{urllib.parse.quote(reference, safe=':')}"
         )
-        authorization = self._tokens.cached_authorization(repository)
+        authorization = self._tokens.cached_authorization(repository, scope)
         fresh_token = False
         while True:
             response = self._transport.get(
@@ -356,10 +376,12 @@ class OciClient:
                             repository,
                             response,
                             after_token=True,
-                            credentials_from=self._tokens.credentials_from(repository.registry),
+                            credentials_from=self._tokens.credentials_from(
+                                repository.registry, scope
+                            ),
                         )
                     )
-                authorization = self._tokens.authorization(repository, response, budget_end)
+                authorization = self._tokens.authorization(repository, response, budget_end, scope)
                 fresh_token = True
                 continue
             if response.status == 429 or response.status >= 500:
