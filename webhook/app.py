@@ -17,7 +17,7 @@ from typing import Final
 from webhook import errors
 from webhook.core import references, revisions
 from webhook.registries import ecr, oci, resolver, routing
-from webhook.serving import admission, kubeapi, pullsecrets, rollouts, server
+from webhook.serving import admission, kubeapi, podsecrets, pullsecrets, rollouts, server
 from webhook.tls import secret
 
 logger = logging.getLogger("digestguard.app")
@@ -52,6 +52,8 @@ class Config:
     registry_pull_secrets: tuple[str, ...] = ()
     """Names of dockerconfigjson Secrets in `namespace` whose credentials the OCI client sends."""
     registry_pull_secrets_interval: float = pullsecrets.DEFAULT_INTERVAL
+    pod_pull_secrets: bool = False
+    """Use each pod's own pull Secrets (of its namespace) for its images."""
     max_body_bytes: int = server.DEFAULT_MAX_BODY_BYTES
     max_inflight: int = server.DEFAULT_MAX_INFLIGHT
     max_deciding: int = server.DEFAULT_MAX_DECIDING
@@ -136,6 +138,9 @@ async def run(config: Config) -> None:
         read_namespace_labels=kubeapi.namespace_labels,
         plain_http=config.insecure_registries,
         rollouts=the_rollouts,
+        pod_secrets=(
+            podsecrets.PodSecrets(use=oci_client.use_scoped) if config.pod_pull_secrets else None
+        ),
     )
     admission_server = server.AdmissionServer(
         address=config.address,

@@ -87,6 +87,13 @@ SERVE_FLAGS: Final = (
         " credentials are sent to the registries they list",
     ),
     Flag(
+        "pod-pull-secrets",
+        "false",
+        "true: also use each pod's imagePullSecrets (or its ServiceAccount's), read in the"
+        " pod's own namespace, for that pod's images (needs get on secrets and"
+        " serviceaccounts)",
+    ),
+    Flag(
         "registry-pull-secrets-interval",
         "30s",
         "how often the --registry-pull-secrets are read again (a rotated password is used"
@@ -269,6 +276,7 @@ def serve_config(options: argparse.Namespace) -> app.Config:
         insecure_registries=references.plain_http_hosts(_hosts(options.insecure_registries)),
         registry_ca_file=options.registry_ca_file,
         registry_pull_secrets=_secret_names(options.registry_pull_secrets, "registry-pull-secrets"),
+        pod_pull_secrets=_boolean(options.pod_pull_secrets, "pod-pull-secrets"),
         registry_pull_secrets_interval=_seconds(
             options.registry_pull_secrets_interval, "registry-pull-secrets-interval"
         ),
@@ -383,6 +391,13 @@ def _secret_names(raw: str, flag: str) -> tuple[str, ...]:
         if len(name) > 253 or not _SECRET_NAME.fullmatch(name):
             raise errors.ConfigurationError(f"--{flag}: {_shown(name)} is not a Secret name")
     return tuple(dict.fromkeys(found))
+
+
+def _boolean(raw: str, flag: str) -> bool:
+    value = str(raw).strip().lower()
+    if value not in ("true", "false"):
+        raise errors.ConfigurationError(f"--{flag}: {_shown(raw)} is not true or false")
+    return value == "true"
 
 
 def _integer(raw: Any, flag: str, *, least: int | None = None) -> int:

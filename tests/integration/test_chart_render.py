@@ -649,6 +649,20 @@ def test_with_mounted_certificates_the_role_holds_only_the_pull_secrets(
     assert binding["roleRef"]["name"] == rendered.one("Role")["metadata"]["name"]
 
 
+def test_pod_pull_secrets_add_get_on_secrets_and_service_accounts_only_when_on(
+    helm: Path, defaults: Rendered
+) -> None:
+    rendered = render(helm, "private-registries.yaml", "registries.podPullSecrets=true")
+    added = _rules(rendered.one("ClusterRole")) - _rules(defaults.one("ClusterRole"))
+    assert added == {("", "secrets", (), ("get",)), ("", "serviceaccounts", (), ("get",))}
+    assert rendered.flags["pod-pull-secrets"] == "true"
+    assert "pod-pull-secrets" not in defaults.flags
+    assert not {rule[1] for rule in _rules(defaults.one("ClusterRole"))} & {
+        "secrets",
+        "serviceaccounts",
+    }
+
+
 def test_no_rule_uses_wildcards(helm: Path) -> None:
     for values_file in VALUES_FILES:
         rendered = render(helm, values_file)

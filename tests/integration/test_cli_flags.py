@@ -50,6 +50,7 @@ BAD = [
         ["--namespace", "dg", "--registry-pull-secrets-interval", "0s"],
         "--registry-pull-secrets-interval must be above zero",
     ),
+    (["--namespace", "dg", "--pod-pull-secrets", "yes"], "--pod-pull-secrets: 'yes' is not true"),
     ([], "--namespace (or POD_NAMESPACE) is required"),
 ]
 
@@ -93,7 +94,7 @@ def test_every_flag_reaches_the_one_config_object() -> None:
         *("--max-body-bytes", "4096", "--max-inflight", "7", "--max-connections", "9"),
         *("--max-deciding", "5"),
         *("--registry-pull-secrets", "regcred, hub.creds,regcred"),
-        *("--registry-pull-secrets-interval", "10s"),
+        *("--registry-pull-secrets-interval", "10s", "--pod-pull-secrets", "True"),
         *(
             "--shutdown-delay",
             "0s",
@@ -123,6 +124,7 @@ def test_every_flag_reaches_the_one_config_object() -> None:
         registry_ca_file="",
         registry_pull_secrets=("regcred", "hub.creds"),
         registry_pull_secrets_interval=10.0,
+        pod_pull_secrets=True,
         max_body_bytes=4096,
         max_inflight=7,
         max_deciding=5,

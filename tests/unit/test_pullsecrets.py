@@ -8,7 +8,7 @@ import pytest
 
 from webhook import errors
 from webhook.registries.oci import dockerconfig
-from webhook.serving import pullsecrets
+from webhook.serving import podsecrets, pullsecrets
 
 
 def secret(config: Any, kind: str = pullsecrets.SECRET_TYPE) -> dict[str, Any]:
@@ -67,3 +67,35 @@ def test_the_first_secret_listed_wins_for_a_registry_both_name() -> None:
         "ghcr.io": first["ghcr.io"],
         "quay.io": second["quay.io"],
     }
+
+
+# A pod's own pull Secrets: what a denial says was tried
+
+
+def pod_credentials(*tried: tuple[str, str], used: str = "") -> podsecrets.PodCredentials:
+    by_registry = {}
+    if used:
+        credential = dockerconfig.Credential("a", "pw", f"the pull Secret team/{used}")
+        by_registry["ghcr.io"] = podsecrets.Scoped(f"team/{used}@5", credential)
+    return podsecrets.PodCredentials("team", by_registry, tried)
+
+
+def test_a_denial_names_every_secret_tried_and_what_each_gave() -> None:
+    credentials = pod_credentials(("gone", "does not exist"), ("quay", "credentials for quay.io"))
+    assert credentials.tried_for("ghcr.io") == (
+        "pull Secrets tried for ghcr.io in namespace team: gone (does not exist),"
+        " quay (credentials for quay.io)"
+    )
+    assert credentials.scope_of("ghcr.io") == ""
+
+
+def test_the_secret_used_for_a_registry_is_named_as_used() -> None:
+    credentials = pod_credentials(("ghcr", "credentials for ghcr.io"), used="ghcr")
+    assert credentials.scope_of("ghcr.io") == "team/ghcr@5"
+    assert "ghcr (used)" in credentials.tried_for("ghcr.io")
+
+
+def test_a_pod_without_pull_secrets_is_said_to_name_none() -> None:
+    assert "neither the pod nor its ServiceAccount names pull Secrets in namespace team" in (
+        pod_credentials().tried_for("ghcr.io")
+    )

@@ -263,6 +263,9 @@ matchExpressions:
 - --registry-pull-secrets={{ join "," . }}
 - --registry-pull-secrets-interval={{ $.Values.registries.pullSecretsInterval }}
 {{- end }}
+{{- if .Values.registries.podPullSecrets }}
+- --pod-pull-secrets=true
+{{- end }}
 - --log-level={{ .Values.logLevel }}
 {{- with .Values.extraArgs }}
 {{ toYaml . }}
