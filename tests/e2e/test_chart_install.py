@@ -1034,3 +1034,28 @@ def test_an_install_with_the_autoscaler_leaves_the_replica_count_to_it(
         release.namespace,
     )
     assert budget["spec"]["maxUnavailable"] == 1
+
+
+def test_pod_pull_secrets_let_the_service_account_get_but_never_list_secrets(
+    control_plane: ControlPlane, api: Any, release: Release, tmp_path: Path
+) -> None:
+    release.install("--set", "registries.podPullSecrets=true")
+    account = release.fullname
+    sa_core = client.CoreV1Api(
+        service_account_client(control_plane, api, release.namespace, account, tmp_path)
+    )
+    team = cluster.unique("team")
+    cluster.create_namespace(api, team)
+    try:
+        secret = cluster.docker_registry_secret("regcred", "ghcr.io", "reader", "x")
+        client.CoreV1Api(api).create_namespaced_secret(team, secret)
+        # What the kubelet would use: a Secret and a ServiceAccount, each by name...
+        assert raw(sa_core.read_namespaced_secret, "regcred", team)["data"]
+        assert raw(sa_core.read_namespaced_service_account, "default", team)
+        # ...and nothing that finds Secrets no pod named, or changes them.
+        assert status_of(sa_core.list_namespaced_secret, team) == 403
+        assert status_of(sa_core.list_secret_for_all_namespaces) == 403
+        assert status_of(sa_core.patch_namespaced_secret, "regcred", team, {}) == 403
+        assert status_of(sa_core.list_namespaced_service_account, team) == 403
+    finally:
+        cluster.delete_namespace(api, team)
