@@ -145,3 +145,31 @@ def test_the_service_accounts_pull_secrets_are_used_when_the_pod_names_none(
     assert cluster.images_of(pinned.body)["c0"] == registry.image(
         "private/by-account", "v1", digest
     )
+
+
+def test_a_digest_cached_under_a_secret_is_not_served_once_the_secret_changes(
+    webhook: Any,
+    core: client.CoreV1Api,
+    make_namespace: Any,
+    make_policy: Any,
+    registry: oci_registry.Registry,
+) -> None:
+    team = make_namespace(webhook)
+    make_policy(policy_over(registry, team))
+    add_secret(core, team, registry)
+    registry.push_image("private/revoked", "v1", seed=team)
+    image = registry.image("private/revoked", "v1")
+    assert create_pod(core, team, image, SECRET).status == 201
+
+    # A wrong password now: a new resourceVersion, a new scope. The digest resolved with
+    # the old one (cached for the webhook's 60s TTL) is not served under it.
+    wrong = cluster.docker_registry_secret(SECRET, registry.host, "alice", "not-the-password")
+    assert cluster.call(core.replace_namespaced_secret, SECRET, team, wrong).status == 200
+
+    def denied() -> cluster.Answer | None:
+        answer = create_pod(core, team, image, SECRET)
+        return answer if answer.status == 403 else None
+
+    refused = cluster.eventually("a denial with the changed Secret", denied, 40)
+    assert f"refused the credentials of the pull Secret {team}/{SECRET}" in refused.message
+    assert "not-the-password" not in refused.message
