@@ -17,7 +17,7 @@ from typing import Final
 from webhook import errors
 from webhook.core import references, revisions
 from webhook.registries import ecr, oci, resolver, routing
-from webhook.serving import admission, kubeapi, rollouts, server
+from webhook.serving import admission, kubeapi, podsecrets, pullsecrets, rollouts, server
 from webhook.tls import secret
 
 logger = logging.getLogger("digestguard.app")
@@ -49,6 +49,11 @@ class Config:
     insecure_registries: references.PlainHttpHosts = references.NO_PLAIN_HTTP
     """Registries reached over plain HTTP, canonical (`references.plain_http_hosts`)."""
     registry_ca_file: str = ""
+    registry_pull_secrets: tuple[str, ...] = ()
+    """Names of dockerconfigjson Secrets in `namespace` whose credentials the OCI client sends."""
+    registry_pull_secrets_interval: float = pullsecrets.DEFAULT_INTERVAL
+    pod_pull_secrets: bool = False
+    """Use each pod's own pull Secrets (of its namespace) for its images."""
     max_body_bytes: int = server.DEFAULT_MAX_BODY_BYTES
     max_inflight: int = server.DEFAULT_MAX_INFLIGHT
     max_deciding: int = server.DEFAULT_MAX_DECIDING
@@ -96,6 +101,16 @@ async def run(config: Config) -> None:
             "the DigestPolicy CRD (digestpolicies.digestguard.io) is not installed; "
             "install the chart's CRD first"
         )
+    pull_secrets: pullsecrets.PullSecrets | None = None
+    if config.registry_pull_secrets:
+        pull_secrets = pullsecrets.PullSecrets(
+            namespace=config.namespace,
+            names=config.registry_pull_secrets,
+            use=oci_client.use_credentials,
+            interval=config.registry_pull_secrets_interval,
+        )
+        # Read before the first admission, so a replica is never ready without them.
+        await asyncio.to_thread(pull_secrets.refresh)
     the_resolver = resolver.Resolver(
         routing.RoutingClient(
             ecr.EcrClient(
@@ -123,6 +138,9 @@ async def run(config: Config) -> None:
         read_namespace_labels=kubeapi.namespace_labels,
         plain_http=config.insecure_registries,
         rollouts=the_rollouts,
+        pod_secrets=(
+            podsecrets.PodSecrets(use=oci_client.use_scoped) if config.pod_pull_secrets else None
+        ),
     )
     admission_server = server.AdmissionServer(
         address=config.address,
@@ -211,16 +229,18 @@ async def run(config: Config) -> None:
     signals_task = loop.create_task(take_signals_back(started))
     freeze_task = loop.create_task(freeze_start_up_objects())
     tls_task = loop.create_task(tls.run(stop)) if tls is not None else None
+    secrets_task = loop.create_task(pull_secrets.run(stop)) if pull_secrets is not None else None
     try:
         await the_admission.run(admission_server, stop_flag=stop, ready_flag=started)
     finally:
         signals_task.cancel()
         freeze_task.cancel()
         stop.set()
-        if tls_task is not None:
-            tls_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tls_task
+        for task in (tls_task, secrets_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await health.stop()
         await the_resolver.aclose()
         the_rollouts.close()

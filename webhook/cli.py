@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn
@@ -79,6 +80,25 @@ SERVE_FLAGS: Final = (
         "comma-separated host[:port] of OCI registries reached over plain HTTP, without TLS",
     ),
     Flag("registry-ca-file", "", "PEM CA bundle trusted for OCI registries besides the system's"),
+    Flag(
+        "registry-pull-secrets",
+        "",
+        "comma-separated names of kubernetes.io/dockerconfigjson Secrets in --namespace whose"
+        " credentials are sent to the registries they list",
+    ),
+    Flag(
+        "pod-pull-secrets",
+        "false",
+        "true: also use each pod's imagePullSecrets (or its ServiceAccount's), read in the"
+        " pod's own namespace, for that pod's images (needs get on secrets and"
+        " serviceaccounts)",
+    ),
+    Flag(
+        "registry-pull-secrets-interval",
+        "30s",
+        "how often the --registry-pull-secrets are read again (a rotated password is used"
+        " within it)",
+    ),
     Flag("max-body-bytes", str(16 * 1024 * 1024), "largest AdmissionReview accepted"),
     Flag(
         "max-inflight",
@@ -255,6 +275,11 @@ def serve_config(options: argparse.Namespace) -> app.Config:
         ecr_endpoint_url=options.ecr_endpoint_url,
         insecure_registries=references.plain_http_hosts(_hosts(options.insecure_registries)),
         registry_ca_file=options.registry_ca_file,
+        registry_pull_secrets=_secret_names(options.registry_pull_secrets, "registry-pull-secrets"),
+        pod_pull_secrets=_boolean(options.pod_pull_secrets, "pod-pull-secrets"),
+        registry_pull_secrets_interval=_seconds(
+            options.registry_pull_secrets_interval, "registry-pull-secrets-interval"
+        ),
         max_body_bytes=_integer(options.max_body_bytes, "max-body-bytes", least=1024),
         max_inflight=_integer(options.max_inflight, "max-inflight", least=1),
         max_deciding=_integer(options.max_deciding, "max-deciding", least=1),
@@ -263,6 +288,8 @@ def serve_config(options: argparse.Namespace) -> app.Config:
     )
     if config.resolve_deadline <= 0:
         raise errors.ConfigurationError("--resolve-deadline must be above zero")
+    if config.registry_pull_secrets_interval <= 0:
+        raise errors.ConfigurationError("--registry-pull-secrets-interval must be above zero")
     return config
 
 
@@ -352,6 +379,25 @@ def _seconds(raw: str, flag: str) -> float:
 def _hosts(raw: str) -> tuple[str, ...]:
     """The entries of a comma-separated host[:port] list, empty ones left out."""
     return tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+
+
+_SECRET_NAME: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _secret_names(raw: str, flag: str) -> tuple[str, ...]:
+    """The Secret names of a comma-separated list, each a DNS subdomain name."""
+    found = _hosts(raw)
+    for name in found:
+        if len(name) > 253 or not _SECRET_NAME.fullmatch(name):
+            raise errors.ConfigurationError(f"--{flag}: {_shown(name)} is not a Secret name")
+    return tuple(dict.fromkeys(found))
+
+
+def _boolean(raw: str, flag: str) -> bool:
+    value = str(raw).strip().lower()
+    if value not in ("true", "false"):
+        raise errors.ConfigurationError(f"--{flag}: {_shown(raw)} is not true or false")
+    return value == "true"
 
 
 def _integer(raw: Any, flag: str, *, least: int | None = None) -> int:

@@ -551,7 +551,7 @@ def chart_configurations(release: Release) -> secret.WebhookConfigurations:
 def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(
     control_plane: ControlPlane, api: Any, release: Release, tmp_path: Path
 ) -> None:
-    notes = release.install()
+    notes = release.install("--set", "registries.pullSecrets={regcred}")
     assert "Check that it works" in notes
     assert f"Secret {release.namespace}/{release.fullname}-tls" in notes
 
@@ -591,6 +591,12 @@ def test_chart_installs_and_the_deployed_replicas_bootstrap_tls_with_its_rbac(
     core.create_namespaced_secret(release.namespace, {"metadata": {"name": "not-its-own"}})
     assert status_of(sa_core.read_namespaced_secret, "not-its-own", release.namespace) == 403
     assert status_of(sa_core.list_namespaced_secret, release.namespace) == 403
+    # The pull Secret it was named (registries.pullSecrets): get, and nothing more.
+    pull_secret = cluster.docker_registry_secret("regcred", "ghcr.io", "reader", "x")
+    core.create_namespaced_secret(release.namespace, pull_secret)
+    assert raw(sa_core.read_namespaced_secret, "regcred", release.namespace)["data"]
+    assert status_of(sa_core.patch_namespaced_secret, "regcred", release.namespace, {}) == 403
+    assert status_of(sa_core.delete_namespaced_secret, "regcred", release.namespace) == 403
     assert status_of(sa_core.read_namespaced_secret, "default-token", "default") == 403
     assert status_of(sa_admission.read_mutating_webhook_configuration, "someone-elses") == 403
     assert status_of(sa_admission.list_mutating_webhook_configuration) == 403
@@ -1028,3 +1034,28 @@ def test_an_install_with_the_autoscaler_leaves_the_replica_count_to_it(
         release.namespace,
     )
     assert budget["spec"]["maxUnavailable"] == 1
+
+
+def test_pod_pull_secrets_let_the_service_account_get_but_never_list_secrets(
+    control_plane: ControlPlane, api: Any, release: Release, tmp_path: Path
+) -> None:
+    release.install("--set", "registries.podPullSecrets=true")
+    account = release.fullname
+    sa_core = client.CoreV1Api(
+        service_account_client(control_plane, api, release.namespace, account, tmp_path)
+    )
+    team = cluster.unique("team")
+    cluster.create_namespace(api, team)
+    try:
+        secret = cluster.docker_registry_secret("regcred", "ghcr.io", "reader", "x")
+        client.CoreV1Api(api).create_namespaced_secret(team, secret)
+        # What the kubelet would use: a Secret and a ServiceAccount, each by name...
+        assert raw(sa_core.read_namespaced_secret, "regcred", team)["data"]
+        assert raw(sa_core.read_namespaced_service_account, "default", team)
+        # ...and nothing that finds Secrets no pod named, or changes them.
+        assert status_of(sa_core.list_namespaced_secret, team) == 403
+        assert status_of(sa_core.list_secret_for_all_namespaces) == 403
+        assert status_of(sa_core.patch_namespaced_secret, "regcred", team, {}) == 403
+        assert status_of(sa_core.list_namespaced_service_account, team) == 403
+    finally:
+        cluster.delete_namespace(api, team)

@@ -620,6 +620,49 @@ def test_role_reads_only_its_own_secret_in_its_own_namespace(defaults: Rendered)
     }
 
 
+def test_pull_secrets_are_read_by_name_only_with_get(helm: Path) -> None:
+    rendered = render(helm, "private-registries.yaml")
+    role = rendered.one("Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert _rules(role) == {
+        ("", "secrets", (f"{FULLNAME}-tls",), ("get", "patch")),
+        ("", "secrets", (), ("create",)),
+        ("", "secrets", ("ghcr-readonly", "hub.creds"), ("get",)),
+    }
+    assert rendered.flags["registry-pull-secrets"] == "ghcr-readonly,hub.creds"
+    assert rendered.flags["registry-pull-secrets-interval"] == "1m"
+
+
+def test_no_pull_secret_flag_by_default(defaults: Rendered) -> None:
+    # The Role then holds the TLS Secret's rules only (see above).
+    assert "registry-pull-secrets" not in defaults.flags
+    assert "registry-pull-secrets-interval" not in defaults.flags
+
+
+@pytest.mark.parametrize("values_file", ["cert-manager.yaml", "existing-secret.yaml"])
+def test_with_mounted_certificates_the_role_holds_only_the_pull_secrets(
+    helm: Path, values_file: str
+) -> None:
+    rendered = render(helm, values_file, "registries.pullSecrets={regcred}")
+    assert _rules(rendered.one("Role")) == {("", "secrets", ("regcred",), ("get",))}
+    binding = rendered.one("RoleBinding")
+    assert binding["roleRef"]["name"] == rendered.one("Role")["metadata"]["name"]
+
+
+def test_pod_pull_secrets_add_get_on_secrets_and_service_accounts_only_when_on(
+    helm: Path, defaults: Rendered
+) -> None:
+    rendered = render(helm, "private-registries.yaml", "registries.podPullSecrets=true")
+    added = _rules(rendered.one("ClusterRole")) - _rules(defaults.one("ClusterRole"))
+    assert added == {("", "secrets", (), ("get",)), ("", "serviceaccounts", (), ("get",))}
+    assert rendered.flags["pod-pull-secrets"] == "true"
+    assert "pod-pull-secrets" not in defaults.flags
+    assert not {rule[1] for rule in _rules(defaults.one("ClusterRole"))} & {
+        "secrets",
+        "serviceaccounts",
+    }
+
+
 def test_no_rule_uses_wildcards(helm: Path) -> None:
     for values_file in VALUES_FILES:
         rendered = render(helm, values_file)
@@ -998,6 +1041,8 @@ def test_schema_rejects_bad_values_with_a_clear_message(
         (["containerPorts.health=8443"], "containerPorts.webhook and containerPorts.health"),
         (["serviceAccount.create=false"], "serviceAccount.name is required"),
         (["registries.caBundle=ca.pem"], "registries.caBundle must be PEM"),
+        (["registries.pullSecrets={dg-digestguard-tls}"], "the webhook's TLS Secret"),
+        (["registries.pullSecrets={Not_A_Name}"], "'Not_A_Name' does not match pattern"),
     ],
 )  # fmt: skip
 def test_combinations_that_cannot_work_fail_at_render_time(

@@ -42,6 +42,15 @@ BAD = [
         ["--namespace", "dg", "--insecure-registries", "http://registry:5000"],
         "plain-HTTP registry 'http://registry:5000' is not a host[:port]",
     ),
+    (
+        ["--namespace", "dg", "--registry-pull-secrets", "regcred,Bad_Name"],
+        "--registry-pull-secrets: 'Bad_Name' is not a Secret name",
+    ),
+    (
+        ["--namespace", "dg", "--registry-pull-secrets-interval", "0s"],
+        "--registry-pull-secrets-interval must be above zero",
+    ),
+    (["--namespace", "dg", "--pod-pull-secrets", "yes"], "--pod-pull-secrets: 'yes' is not true"),
     ([], "--namespace (or POD_NAMESPACE) is required"),
 ]
 
@@ -84,6 +93,8 @@ def test_every_flag_reaches_the_one_config_object() -> None:
         *("--ecr-endpoint-url", "http://127.0.0.1:1", "--insecure-registries", "reg:80, r2:5000"),
         *("--max-body-bytes", "4096", "--max-inflight", "7", "--max-connections", "9"),
         *("--max-deciding", "5"),
+        *("--registry-pull-secrets", "regcred, hub.creds,regcred"),
+        *("--registry-pull-secrets-interval", "10s", "--pod-pull-secrets", "True"),
         *(
             "--shutdown-delay",
             "0s",
@@ -111,6 +122,9 @@ def test_every_flag_reaches_the_one_config_object() -> None:
         ecr_endpoint_url="http://127.0.0.1:1",
         insecure_registries=references.PlainHttpHosts(frozenset({"reg", "r2:5000"})),
         registry_ca_file="",
+        registry_pull_secrets=("regcred", "hub.creds"),
+        registry_pull_secrets_interval=10.0,
+        pod_pull_secrets=True,
         max_body_bytes=4096,
         max_inflight=7,
         max_deciding=5,

@@ -22,9 +22,7 @@ PASSWORD = "s3cret-pa55"
 
 @pytest.fixture(scope="module")
 def private_registry() -> Iterator[oci_registry.Registry]:
-    with oci_registry.running_registry(secured=True) as registry:
-        assert registry.token_server is not None
-        registry.token_server.accounts = {"alice": PASSWORD}
+    with oci_registry.running_registry(secured=True, users={"alice": PASSWORD}) as registry:
         yield registry
 
 

@@ -442,6 +442,20 @@ def pod(name: str, *images: str, **metadata: Any) -> dict[str, Any]:
     }
 
 
+def docker_registry_secret(name: str, host: str, user: str, password: str) -> dict[str, Any]:
+    """The Secret `kubectl create secret docker-registry NAME --docker-server=HOST
+    --docker-username=USER --docker-password=PASSWORD` makes."""
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    config = {"auths": {host: {"username": user, "password": password, "auth": auth}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+    }
+
+
 def images_of(obj: Mapping[str, Any], list_name: str = "containers") -> dict[str, str]:
     """Container name → image of one container list of a pod (or a pod spec's holder)."""
     spec = obj.get("spec", {})

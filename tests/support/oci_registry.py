@@ -7,7 +7,12 @@ a temporary directory:
 - **secured** (`start_registry(secured=True)`): HTTPS with a self-signed certificate,
   and distribution's `auth: token`, backed by `TokenServer`, a token server of ours
   (HTTPS too) that hands out anonymous tokens — JWTs signed with a key whose
-  self-signed certificate is distribution's `rootcertbundle`, carried in `x5c`.
+  self-signed certificate is distribution's `rootcertbundle`, carried in `x5c`;
+- **secured with users** (`start_registry(secured=True, users={"alice": "s3cret"})`):
+  the token server checks Basic credentials against those users (what an htpasswd
+  file behind a token service does): wrong ones get 401, and an anonymous client gets
+  a token granting nothing on the repositories under `private` prefixes (`private/` by
+  default), as Docker Hub's token service answers for a private repository.
 
 Images are pushed with the registry API itself (monolithic blob uploads, POST then
 PUT, then a PUT of the manifest), from the manifest builders of `ecr_emulator`.
@@ -20,6 +25,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime
+import hmac
 import http.server
 import ipaddress
 import json
@@ -116,21 +122,33 @@ def _b64url(data: bytes) -> str:
 
 
 class TokenServer:
-    """Issues anonymous tokens for distribution's `auth: token`, over HTTPS on loopback.
+    """Issues tokens for distribution's `auth: token`, over HTTPS on loopback.
 
     `GET /token?service=…&scope=repository:NAME:ACTIONS` answers `{"token", "access_token",
     "expires_in", "issued_at"}`, granting the actions asked for — except on repositories
-    in `refused`, which get a token granting nothing. Every request is recorded.
+    in `refused`, which get a token granting nothing. With `users`, Basic credentials
+    are checked: a wrong user or password is answered 401; an anonymous client gets a
+    token granting nothing on repositories under a `private` prefix. Every request is
+    recorded: its scopes, and the user it authenticated as ("" for anonymous).
     """
 
-    def __init__(self, tls: Certificate, signer: Certificate, *, expires_in: int = 300) -> None:
+    def __init__(
+        self,
+        tls: Certificate,
+        signer: Certificate,
+        *,
+        expires_in: int = 300,
+        users: Mapping[str, str] | None = None,
+        private: tuple[str, ...] = ("private/",),
+    ) -> None:
         self.signer = signer
         self.expires_in = expires_in
         self.refused: set[str] = set()
-        self.accounts: dict[str, str] = {}
-        """user -> password; when set, a token is given only to a client sending one as
-        Basic credentials (as Docker Hub's or Harbor's token service does)."""
+        self.users: dict[str, str] = dict(users or {})
+        """user -> password, checked as an htpasswd file is (changed to rotate one)."""
+        self.private = private
         self.scopes: list[str] = []
+        self.authenticated: list[str] = []
         self._lock = threading.Lock()
         server = self
 
@@ -142,7 +160,9 @@ class TokenServer:
                     self.send_error(404)
                     return
                 scopes = query.get("scope", [])
-                if server.accounts and not server.admits(self.headers.get("Authorization", "")):
+                authorization = self.headers.get("Authorization", "")
+                user = server.user_of(authorization) if authorization else ""
+                if user is None:
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="token"')
                     self.send_header("Content-Length", "0")
@@ -150,10 +170,12 @@ class TokenServer:
                     return
                 with server._lock:
                     server.scopes.extend(scopes)
+                    server.authenticated.append(user)
+                token = server.issue(*scopes, anonymous=not user)
                 body = json.dumps(
                     {
-                        "token": server.issue(*scopes),
-                        "access_token": server.issue(*scopes),
+                        "token": token,
+                        "access_token": token,
                         "expires_in": server.expires_in,
                         "issued_at": datetime.datetime.now(datetime.UTC).isoformat(),
                     }
@@ -178,24 +200,33 @@ class TokenServer:
         )
         self._thread.start()
 
-    def admits(self, authorization: str) -> bool:
-        """Whether `authorization` is `Basic` with a user and password of `accounts`."""
+    def user_of(self, authorization: str) -> str | None:
+        """The user `authorization` (`Basic …`) authenticates as; None when it does not.
+
+        Without `users` nobody is checked: every client is anonymous ("")."""
+        if not self.users:
+            return ""
         scheme, _, encoded = authorization.partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
             user, _, password = base64.b64decode(encoded).decode().partition(":")
         except ValueError:
-            return False
-        return self.accounts.get(user) == password
+            return None
+        expected = self.users.get(user)
+        if expected is None or not hmac.compare_digest(expected, password):
+            return None
+        return user
 
-    def issue(self, *scopes: str) -> str:
-        """A signed token granting `scopes` (`repository:NAME:pull,push`)."""
+    def issue(self, *scopes: str, anonymous: bool = False) -> str:
+        """A signed token granting `scopes` (`repository:NAME:pull,push`); for an
+        `anonymous` client (with `users`), nothing on the `private` repositories."""
         access = []
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            granted = [] if name in self.refused else actions.split(",")
+            hidden = anonymous and bool(self.users) and name.startswith(self.private)
+            granted = [] if name in self.refused or hidden else actions.split(",")
             access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         header = {
@@ -366,9 +397,16 @@ def _answers(url: str, context: ssl.SSLContext | None) -> bool:
         return False
 
 
-def start_registry(*, secured: bool = False, ready_within: float = 30.0) -> Registry:
+def start_registry(
+    *,
+    secured: bool = False,
+    users: Mapping[str, str] | None = None,
+    ready_within: float = 30.0,
+) -> Registry:
     """Start the registry binary on a loopback port of its choosing and wait until it
-    answers."""
+    answers; `users` (secured only) are the token server's accounts."""
+    if users and not secured:
+        raise ValueError("users need the secured registry: its token server checks them")
     binary = require_binary()
     directory = Path(tempfile.mkdtemp(prefix="digestguard-registry-"))
     config: dict[str, Any] = {
@@ -388,7 +426,7 @@ def start_registry(*, secured: bool = False, ready_within: float = 30.0) -> Regi
     if secured:
         tls = self_signed(directory, "registry", (HOST, "127.0.0.1"))
         signer = self_signed(directory, "token-signer")
-        token_server = TokenServer(tls, signer)
+        token_server = TokenServer(tls, signer, users=users)
         config["http"]["tls"] = {"certificate": str(tls.cert_file), "key": str(tls.key_file)}
         config["auth"] = {
             "token": {
@@ -433,8 +471,10 @@ def start_registry(*, secured: bool = False, ready_within: float = 30.0) -> Regi
 
 
 @contextlib.contextmanager
-def running_registry(*, secured: bool = False) -> Iterator[Registry]:
-    registry = start_registry(secured=secured)
+def running_registry(
+    *, secured: bool = False, users: Mapping[str, str] | None = None
+) -> Iterator[Registry]:
+    registry = start_registry(secured=secured, users=users)
     try:
         yield registry
     finally:

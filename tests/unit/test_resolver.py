@@ -1034,3 +1034,61 @@ async def test_a_recheck_the_registry_cannot_answer_falls_back_to_the_cached_dig
     assert isinstance(answer, outcomes.Found)
     assert answer.digest == digest_of("v1")
     assert answer.age_seconds == pytest.approx(10.0)
+
+
+# Credential scopes: no answer crosses from one pod namespace's Secret to another
+
+
+def scoped(name: str, scope: str) -> outcomes.Query:
+    return outcomes.Query(APP, tag=name, scope=scope)
+
+
+async def test_an_answer_got_with_a_namespaces_secret_is_not_served_to_another_scope(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    with_secret = scoped("v1", "team-a/regcred@7")
+    registry.images[with_secret] = found("v1")
+    registry.images[tag("v1")] = outcomes.Unknown("needs credentials")
+
+    assert (await resolve(the_resolver, clock, with_secret))[with_secret] == found("v1")
+    anonymous = await resolve(the_resolver, clock, tag("v1"))
+    other = scoped("v1", "team-b/regcred@9")
+    borrowed = await resolve(the_resolver, clock, other)
+
+    assert anonymous[tag("v1")] == outcomes.Unknown("needs credentials")
+    assert borrowed[other] != found("v1")
+    assert [call[1] for call in registry.lookups] == [
+        frozenset({with_secret}),
+        frozenset({tag("v1")}),
+        frozenset({other}),
+    ]
+
+
+async def test_a_stale_digest_of_one_scope_is_not_served_to_another_when_the_registry_fails(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    with_secret = scoped("v1", "team-a/regcred@7")
+    registry.images[with_secret] = found("v1")
+    await resolve(the_resolver, clock, with_secret)
+    registry.failure = errors.RegistryError("down")
+
+    answer = await resolve(the_resolver, clock, tag("v1"), max_stale=600.0)
+
+    assert isinstance(answer[tag("v1")], outcomes.Unknown)
+
+
+async def test_one_call_asks_with_one_scope(
+    the_resolver: resolver.Resolver, registry: FakeRegistry, clock: FakeClock
+) -> None:
+    queries = [scoped("a", "team-a/regcred@7"), scoped("b", "team-a/regcred@7"), tag("c")]
+
+    await resolve(the_resolver, clock, *queries)
+
+    assert {call[1] for call in registry.lookups} == {
+        frozenset(queries[:2]),
+        frozenset(queries[2:]),
+    }
+
+
+def test_the_scope_is_never_shown_in_a_query() -> None:
+    assert str(scoped("v1", "team-a/regcred@7")) == str(tag("v1"))

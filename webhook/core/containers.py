@@ -52,6 +52,12 @@ def pod_spec_path(kind: str) -> tuple[str, ...] | None:
     return _POD_SPEC_PATHS.get(kind)
 
 
+def pod_spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod spec of `obj` (a pod's, or a workload's template's); empty when it has none."""
+    path = _POD_SPEC_PATHS.get(str(obj.get("kind", "")), ("spec",))
+    return _descend(obj, path) or {}
+
+
 def pod_labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     """The labels the pods of `obj` carry (for a workload: its template's labels)."""
     path = _POD_METADATA_PATHS.get(str(obj.get("kind", "")), ("metadata",))

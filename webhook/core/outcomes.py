@@ -38,6 +38,10 @@ class Query:
     repository: Repository
     tag: str | None = None
     digest: references.Digest | None = None
+    scope: str = ""
+    """The credentials it is asked with: empty for the webhook's own (or none), else a
+    pod namespace's pull Secret (`namespace/name@resourceVersion`). Part of every cache
+    key: an answer got with one namespace's Secret is never another's. Never shown."""
 
     def __str__(self) -> str:
         if self.digest is not None:

@@ -113,8 +113,8 @@ class _LruCache(Generic[_K, _V]):
         metrics.CACHE_ENTRIES.labels(self._name).set(len(self._entries))
 
 
-_Key = tuple[str, str, str | None, str | None]
-"""A query as plain strings: registry, repository, tag, digest."""
+_Key = tuple[str, str, str | None, str | None, str]
+"""A query as plain strings: registry, repository, tag, digest, credential scope."""
 _Stored = tuple[int, str, str]
 """An answer as plain atoms: (_FOUND, digest, media type), (_MISSING, code, message) or
 (_ARCHIVED, status, message) or (_NOT_IMPORTED, "", message)."""
@@ -172,7 +172,7 @@ class _DigestCache:
 
 
 def _key(query: outcomes.Query) -> _Key:
-    return (query.repository.registry, query.repository.name, query.tag, query.digest)
+    return (query.repository.registry, query.repository.name, query.tag, query.digest, query.scope)
 
 
 @dataclasses.dataclass(eq=False)
@@ -249,11 +249,13 @@ class Resolver:
         now = self._clock()
         answers: dict[outcomes.Query, outcomes.Outcome] = {}
         waiting: dict[outcomes.Query, _Flight[Any, outcomes.Outcome]] = {}
-        to_ask: dict[outcomes.Repository, list[outcomes.Query]] = {}
-        unshared: list[tuple[outcomes.Repository, list[outcomes.Query]]] = []
+        # Batches are per repository and credential scope: one call asks with one
+        # credential, and an answer about the repository holds only for that credential.
+        to_ask: dict[tuple[outcomes.Repository, str], list[outcomes.Query]] = {}
+        unshared: list[tuple[tuple[outcomes.Repository, str], list[outcomes.Query]]] = []
         # Answered "could not tell" without waiting: a recent failure, an open circuit.
         at_once: dict[outcomes.Query, outcomes.Outcome] = {}
-        to_refresh: dict[outcomes.Repository, list[outcomes.Query]] = {}
+        to_refresh: dict[tuple[outcomes.Repository, str], list[outcomes.Query]] = {}
         for query in queries:
             entry = self._digests.get(query)
             if (
@@ -264,7 +266,7 @@ class Resolver:
                 self._digests.touch(query)
                 answers[query] = entry.value
                 if self._due_for_refresh(query, entry, now):
-                    to_refresh.setdefault(query.repository, []).append(query)
+                    to_refresh.setdefault((query.repository, query.scope), []).append(query)
                 continue
             flight = _joinable(self._digest_flights, query, now) if self._shared else None
             failure = self._recent_failure(query, now) if flight is None else None
@@ -279,12 +281,12 @@ class Resolver:
             elif flight is not None:
                 waiting[query] = flight
             elif self._shared:
-                to_ask.setdefault(query.repository, []).append(query)
+                to_ask.setdefault((query.repository, query.scope), []).append(query)
             else:
-                unshared.append((query.repository, [query]))
+                unshared.append(((query.repository, query.scope), [query]))
         hits = len(answers)
 
-        for repository, batch in to_refresh.items():
+        for (repository, _), batch in to_refresh.items():
             # Not waited for: the answers above are fresh; this one keeps them so.
             self._start(
                 self._digest_flights,
@@ -292,7 +294,7 @@ class Resolver:
                 deadline,
                 functools.partial(self._lookup, repository, batch, deadline),
             )
-        for repository, batch in [*to_ask.items(), *unshared]:
+        for (repository, _), batch in [*to_ask.items(), *unshared]:
             flight = self._start(
                 self._digest_flights,
                 batch,

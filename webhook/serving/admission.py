@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 import kopf
@@ -24,8 +24,8 @@ from kopf._core.reactor import inventory
 
 from webhook import errors, metrics, names
 from webhook.core import containers, decisions, outcomes, policies, references
-from webhook.registries import resolver
-from webhook.serving import rollouts, server
+from webhook.registries import resolver, routing
+from webhook.serving import podsecrets, rollouts, server
 
 logger = logging.getLogger("digestguard.admission")
 
@@ -106,6 +106,8 @@ class Admission:
     clock: Callable[[], float] = time.monotonic
     rollouts: "rollouts.Rollouts | None" = None
     """Where the digests of controller revisions are kept (None: every pod on its own)."""
+    pod_secrets: "podsecrets.PodSecrets | None" = None
+    """A pod's own pull Secrets, for its images (None: not used, `--pod-pull-secrets`)."""
     indexes_loaded: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     _parsed: "_ParsedPolicies" = dataclasses.field(default_factory=lambda: _ParsedPolicies())
     waiting_on_registry: int = dataclasses.field(default=0, init=False)
@@ -276,9 +278,24 @@ class Admission:
                     revision, the_plan.rollout_images, deadline=deadline
                 )
                 the_plan = decisions.follow_revision(the_plan, in_use)
-            resolving = self.resolver.resolve(
-                the_plan.queries, deadline=deadline, recheck=the_plan.recheck
-            )
+            queries, recheck = the_plan.queries, the_plan.recheck
+            scoped: dict[outcomes.Query, outcomes.Query] | None = None
+            credentials = podsecrets.NONE
+            if self.pod_secrets is not None:
+                if any(
+                    not routing.is_ecr_private(query.repository.registry)
+                    for query in the_plan.queries
+                ):
+                    # Half the time left at most: the registry needs the rest.
+                    credentials = await self.pod_secrets.for_pod(
+                        namespace,
+                        containers.pod_spec(obj),
+                        within=max(0.0, (deadline - self.clock()) / 2),
+                    )
+                scoped = _scoped(the_plan.queries, credentials)
+                queries = {scoped[query]: stale for query, stale in the_plan.queries.items()}
+                recheck = frozenset(scoped[query] for query in the_plan.recheck)
+            resolving = self.resolver.resolve(queries, deadline=deadline, recheck=recheck)
             mutabilities: Mapping[outcomes.Repository, outcomes.MutabilityOutcome] = {}
             if the_plan.repositories_for_mutability:
                 results, mutabilities = await asyncio.gather(
@@ -291,6 +308,11 @@ class Admission:
                 # Awaited directly, cache hits answer without a turn of the event loop
                 # (gather would make a task of it).
                 results = await resolving
+            if scoped is not None:
+                results = {
+                    query: _with_secrets_tried(results[scoped[query]], query, credentials)
+                    for query in the_plan.queries
+                }
         finally:
             self.waiting_on_registry -= 1
         verdict = await _run(
@@ -318,6 +340,31 @@ class Admission:
 
 
 _T = TypeVar("_T")
+
+
+def _scoped(
+    queries: Iterable[outcomes.Query], credentials: podsecrets.PodCredentials
+) -> dict[outcomes.Query, outcomes.Query]:
+    """Each query as it is asked: with the credential scope of the pod's pull Secret for
+    its registry, when it has one (ECR private registries use IAM, never a Secret)."""
+    scoped = {}
+    for query in queries:
+        registry = query.repository.registry
+        scope = "" if routing.is_ecr_private(registry) else credentials.scope_of(registry)
+        scoped[query] = dataclasses.replace(query, scope=scope) if scope else query
+    return scoped
+
+
+def _with_secrets_tried(
+    outcome: outcomes.Outcome, query: outcomes.Query, credentials: podsecrets.PodCredentials
+) -> outcomes.Outcome:
+    """A "could not tell" of a registry outside ECR says which pull Secrets were tried."""
+    registry = query.repository.registry
+    if not isinstance(outcome, outcomes.Unknown) or routing.is_ecr_private(registry):
+        return outcome
+    return dataclasses.replace(
+        outcome, message=f"{outcome.message}; {credentials.tried_for(registry)}"
+    )
 
 
 async def _run(in_thread: bool, fn: Callable[[], _T]) -> _T:

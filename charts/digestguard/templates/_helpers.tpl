@@ -256,6 +256,16 @@ matchExpressions:
 {{- if .Values.registries.caBundle }}
 - --registry-ca-file={{ include "digestguard.registryCaMountPath" . }}/ca.crt
 {{- end }}
+{{- with .Values.registries.pullSecrets }}
+{{- if has (include "digestguard.tlsSecretName" $) . }}
+{{- fail (printf "registries.pullSecrets names %s, the webhook's TLS Secret: name dockerconfigjson Secrets only" (include "digestguard.tlsSecretName" $)) -}}
+{{- end }}
+- --registry-pull-secrets={{ join "," . }}
+- --registry-pull-secrets-interval={{ $.Values.registries.pullSecretsInterval }}
+{{- end }}
+{{- if .Values.registries.podPullSecrets }}
+- --pod-pull-secrets=true
+{{- end }}
 - --log-level={{ .Values.logLevel }}
 {{- with .Values.extraArgs }}
 {{ toYaml . }}

@@ -1,7 +1,12 @@
 """The Bearer token flow of the distribution API: `WWW-Authenticate` challenges and the
-tokens they lead to, anonymous unless a Docker config gave credentials for the registry
-(`dockerconfig`; the command line only), which then go to the token endpoint as Basic
-credentials, or to the registry itself when it asks for Basic.
+tokens they lead to, anonymous unless there are credentials for the registry (the
+command line's from the user's Docker config, the webhook's from its pull Secrets; both
+`dockerconfig.Credential`s), which then go to the token endpoint as Basic credentials,
+or to the registry itself when it asks for Basic.
+
+The webhook's credentials change while it runs (`Tokens.replace_credentials`): the
+tokens and the Basic choice of a registry whose credential changed are forgotten at
+once, and a token fetched with a credential that was replaced meanwhile is not kept.
 
 A registry that wants a token answers 401 with `WWW-Authenticate: Bearer realm=…,
 service=…,scope=…`; the token endpoint (`realm`) hands an anonymous client a token for
@@ -119,26 +124,27 @@ def unauthorized(
     response: transport.Response,
     *,
     after_token: bool,
-    with_credentials: bool = False,
+    credentials_from: str | None = None,
 ) -> str:
-    """Why a 401 answer means the repository is closed to this client."""
+    """Why a 401 answer means the repository is closed to this client; `credentials_from`
+    names where the credentials sent came from (None: none were sent)."""
     code, message = response.error()
     said = f"HTTP 401{f' {code}: {message}' if code else ''}"
-    if with_credentials:
+    if credentials_from is not None:
         return (
-            f"{repository.registry} refused the credentials of the Docker config for"
+            f"{repository.registry} refused the credentials of {credentials_from} for"
             f" {repository.name} ({said})"
         )
     if after_token:
         return (
             f"{repository.registry} refused the anonymous token for {repository.name} ({said}):"
-            " the repository does not exist or needs credentials, which digestguard does"
-            " not send"
+            f" the repository does not exist or needs credentials, and digestguard has none"
+            f" for {repository.registry}"
         )
     challenge = response.headers.get("WWW-Authenticate", "") or "no WWW-Authenticate"
     return (
         f"{repository.registry} requires credentials for {repository.name} ({said},"
-        f" {challenge}); digestguard pulls anonymously"
+        f" {challenge}); digestguard has none for {repository.registry}"
     )
 
 
@@ -174,25 +180,81 @@ class Tokens:
         self._transport = transport_
         self._may_go_to = may_go_to
         self._clock = clock
-        self._credentials = dict(credentials or {})
-        self._basic: set[str] = set()
-        """Registries that asked for Basic credentials (and have them)."""
-        self._tokens: collections.OrderedDict[tuple[_Issuer, str], _Token] = (
+        self._credentials: Mapping[str, dockerconfig.Credential] = dict(credentials or {})
+        self._generation = 0
+        """Counts the replacements of the credentials: a token fetched across one is not kept."""
+        self._scoped: collections.OrderedDict[tuple[str, str], dockerconfig.Credential] = (
             collections.OrderedDict()
         )
+        """(credential scope, registry) -> a pod namespace's credential (`put_scoped`)."""
+        self._basic: set[tuple[str, str]] = set()
+        """(registry, credential scope)s that asked for Basic credentials (and have them)."""
+        self._tokens: collections.OrderedDict[tuple[_Issuer, str, str], _Token] = (
+            collections.OrderedDict()
+        )
+        """By (issuer, token scope, credential scope): a token got with one credential is
+        never sent for a request made with another, or with none."""
         self._issuers: dict[str, _Issuer] = {}
         self._lock = threading.Lock()
 
-    def has_credentials(self, registry: str) -> bool:
-        return registry in self._credentials
+    def has_credentials(self, registry: str, scope: str = "") -> bool:
+        return self._credential(registry, scope) is not None
 
-    def cached(self, repository: outcomes.Repository) -> str | None:
-        """A live token for pulling `repository`, from its registry's last challenge."""
+    def credentials_from(self, registry: str, scope: str = "") -> str | None:
+        """Where the credential sent to `registry` comes from, or None when there is none."""
+        credential = self._credential(registry, scope)
+        return None if credential is None else credential.source
+
+    def put_scoped(self, scope: str, registry: str, credential: dockerconfig.Credential) -> None:
+        """Send `credential` to `registry` for the queries of credential `scope`."""
+        with self._lock:
+            key = (scope, registry)
+            self._scoped[key] = credential
+            self._scoped.move_to_end(key)
+            while len(self._scoped) > MAX_TOKENS:
+                self._scoped.popitem(last=False)
+
+    def _credential(self, registry: str, scope: str) -> dockerconfig.Credential | None:
+        """The credential of a request of credential `scope`: a scope's own (none when it
+        was forgotten: such a request goes anonymous, never with another's), or else the
+        webhook's."""
+        if scope:
+            with self._lock:
+                return self._scoped.get((scope, registry))
+        return self._credentials.get(registry)
+
+    def replace_credentials(self, credentials: dockerconfig.Credentials) -> frozenset[str]:
+        """Use `credentials` from now on; returns the registries whose credential changed
+        (added, removed or different), whose tokens and Basic choice are forgotten."""
+        with self._lock:
+            old = self._credentials
+            new = dict(credentials)
+            changed = frozenset(
+                registry
+                for registry in old.keys() | new.keys()
+                if old.get(registry) != new.get(registry)
+            )
+            if not changed:
+                return changed
+            self._credentials = new
+            self._generation += 1
+            self._basic -= {(registry, "") for registry in changed}
+            for registry in changed:
+                issuer = self._issuers.get(registry)
+                if issuer is None:
+                    continue
+                for key in [k for k in self._tokens if k[0] == issuer and not k[2]]:
+                    del self._tokens[key]
+        return changed
+
+    def cached(self, repository: outcomes.Repository, scope: str = "") -> str | None:
+        """A live token for pulling `repository` with the credentials of `scope`, from its
+        registry's last challenge."""
         with self._lock:
             issuer = self._issuers.get(repository.registry)
             if issuer is None:
                 return None
-            key = (issuer, pull_scope(repository))
+            key = (issuer, pull_scope(repository), scope)
             cached = self._tokens.get(key)
             if cached is None:
                 return None
@@ -201,13 +263,13 @@ class Tokens:
                 return None
             return cached.value
 
-    def cached_authorization(self, repository: outcomes.Repository) -> str | None:
+    def cached_authorization(self, repository: outcomes.Repository, scope: str = "") -> str | None:
         """The `Authorization` to send at once to `repository`'s registry, if known."""
         with self._lock:
-            basic = repository.registry in self._basic
+            basic = (repository.registry, scope) in self._basic
         if basic:
-            return self._basic_header(repository.registry)
-        token = self.cached(repository)
+            return self._basic_header(repository.registry, scope)
+        token = self.cached(repository, scope)
         return None if token is None else f"Bearer {token}"
 
     def authorization(
@@ -215,25 +277,26 @@ class Tokens:
         repository: outcomes.Repository,
         challenged: transport.Response,
         budget_end: float,
+        scope: str = "",
     ) -> str:
         """The `Authorization` that answers the challenge of a 401: a Bearer token (fetched
-        with the registry's credentials when there are some), or the credentials
+        with the credentials of `scope` when there are some), or the credentials
         themselves for a Basic challenge. Raises as `fetched` does."""
         challenges = [
             c
             for value in challenged.header_values("WWW-Authenticate")
             for c in parse_challenges(value)
         ]
-        basic = self._basic_header(repository.registry)
+        basic = self._basic_header(repository.registry, scope)
         schemes = {c.scheme for c in challenges}
         if basic is not None and "basic" in schemes and "bearer" not in schemes:
             with self._lock:
-                self._basic.add(repository.registry)
+                self._basic.add((repository.registry, scope))
             return basic
-        return f"Bearer {self.fetched(repository, challenged, budget_end)}"
+        return f"Bearer {self.fetched(repository, challenged, budget_end, scope)}"
 
-    def _basic_header(self, registry: str) -> str | None:
-        credential = self._credentials.get(registry)
+    def _basic_header(self, registry: str, scope: str = "") -> str | None:
+        credential = self._credential(registry, scope)
         if credential is None:
             return None
         pair = f"{credential.username}:{credential.password}".encode()
@@ -244,8 +307,10 @@ class Tokens:
         repository: outcomes.Repository,
         challenged: transport.Response,
         budget_end: float,
+        scope: str = "",
     ) -> str:
-        """A new anonymous token for the Bearer challenge of a 401 answer.
+        """A new token for the Bearer challenge of a 401 answer, with the credentials of
+        `scope` (anonymous when there are none).
 
         Raises `errors.Refused` when there is no Bearer challenge or no token is
         given, and `errors.Retryable` when the token endpoint is throttled, failing
@@ -262,7 +327,7 @@ class Tokens:
         )
         if bearer is None or not bearer.realm:
             raise errors.Refused(unauthorized(repository, challenged, after_token=False))
-        scope = bearer.scope or pull_scope(repository)
+        token_scope = bearer.scope or pull_scope(repository)
         realm = bearer.realm
         realm_origin = transport.origin_of(realm)
         if realm_origin is None or not self._may_go_to(realm_origin, repository.registry):
@@ -270,7 +335,9 @@ class Tokens:
                 f"{repository.registry} sends clients to the token endpoint {realm!r},"
                 " which is not an HTTPS URL (nor one of an insecure registry)"
             )
-        query = {"scope": scope} | ({"service": bearer.service} if bearer.service else {})
+        with self._lock:
+            generation = self._generation
+        query = {"scope": token_scope} | ({"service": bearer.service} if bearer.service else {})
         url = realm + ("&" if urllib.parse.urlsplit(realm).query else "?")
         url += urllib.parse.urlencode(query)
         asked_at = self._clock()
@@ -278,7 +345,7 @@ class Tokens:
             response = self._transport.get(
                 url,
                 headers={"Accept": "application/json"},
-                authorization=self._basic_header(repository.registry),
+                authorization=self._basic_header(repository.registry, scope),
                 budget_end=budget_end,
                 max_bytes=MAX_TOKEN_RESPONSE_BYTES,
                 may_go_to=lambda origin: self._may_go_to(origin, repository.registry),
@@ -299,20 +366,25 @@ class Tokens:
         metrics.REGISTRY_CALLS.labels(GET_TOKEN, "ok" if token else "error").inc()
         if token is None:
             code, message = response.error()
-            if self.has_credentials(repository.registry):
+            source = self.credentials_from(repository.registry, scope)
+            if source is not None:
                 raise errors.Refused(
-                    f"the token endpoint {realm} refused the credentials of the Docker config"
+                    f"the token endpoint {realm} refused the credentials of {source}"
                     f" for {repository.registry} (HTTP {response.status}"
-                    f"{f' {code}: {message}' if code else ''}), or gave no token for {scope}"
+                    f"{f' {code}: {message}' if code else ''}), or gave no token for {token_scope}"
                 )
             raise errors.Refused(
-                f"the token endpoint {realm} gave no anonymous token for {scope}"
+                f"the token endpoint {realm} gave no anonymous token for {token_scope}"
                 f" (HTTP {response.status}{f' {code}: {message}' if code else ''});"
-                " the repository may need credentials, which digestguard does not send"
+                f" the repository may need credentials, and digestguard has none for"
+                f" {repository.registry}"
             )
         issuer = _Issuer(realm, bearer.service)
-        key = (issuer, scope)
+        key = (issuer, token_scope, scope)
         with self._lock:
+            if generation != self._generation and not scope:
+                # Fetched with credentials replaced meanwhile: good for this request only.
+                return token
             self._issuers.pop(repository.registry, None)
             self._issuers[repository.registry] = issuer
             self._tokens[key] = _Token(token, asked_at + expires_in)

@@ -19,8 +19,9 @@ a manifest GET as a pull, a HEAD not):
   one the table below reads.
 
 The Bearer token flow (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`) is followed
-(`auth`), anonymously unless the client was given `credentials` (the command line's,
-from the user's Docker config), and each token is kept per (realm, service, scope)
+(`auth`), anonymously unless the client has credentials for the registry (the command
+line's from the user's Docker config; the webhook's from its pull Secrets, replaced as
+they change with `use_credentials`), and each token is kept per (realm, service, scope)
 until its `expires_in`.
 
 What each answer becomes (`Missing` denies under Mutate/Enforce, `Unknown` goes to
@@ -141,6 +142,16 @@ class OciClient:
         )
         self._verified_lock = threading.Lock()
 
+    def use_credentials(self, credentials: dockerconfig.Credentials) -> frozenset[str]:
+        """Send `credentials` from now on instead of those given before (thread-safe);
+        returns the registries whose credential changed."""
+        return self._tokens.replace_credentials(credentials)
+
+    def use_scoped(self, scope: str, registry: str, credential: dockerconfig.Credential) -> None:
+        """Send `credential` to `registry` for the queries of credential `scope` (a pod
+        namespace's pull Secret: `outcomes.Query.scope`); thread-safe."""
+        self._tokens.put_scoped(scope, registry, credential)
+
     def close(self) -> None:
         """Close the idle connections; the client stays usable."""
         self._transport.close()
@@ -225,7 +236,9 @@ class OciClient:
         if query.digest is not None and self._verified_type(repository, query.digest) is None:
             return None
         try:
-            response = self._call(HEAD_MANIFEST, repository, reference, budget_end, context)
+            response = self._call(
+                HEAD_MANIFEST, repository, reference, budget_end, context, scope=query.scope
+            )
         except errors.Refused:
             return None
         if response.status != 200:
@@ -238,7 +251,9 @@ class OciClient:
             return outcomes.Found(references.Digest(reported), media_type)
         # The tag's digest, not verified yet: fetch the manifest by that digest, so that
         # what is verified (and remembered) is exactly what a runtime will pull.
-        by_digest = outcomes.Query(repository, digest=references.Digest(reported))
+        by_digest = outcomes.Query(
+            repository, digest=references.Digest(reported), scope=query.scope
+        )
         outcome, _ = self._got(repository, by_digest, reported, budget_end, context)
         return outcome if isinstance(outcome, outcomes.Found) else None
 
@@ -261,10 +276,17 @@ class OciClient:
     ) -> tuple[outcomes.Outcome, bool]:
         """The outcome of a GET of the manifest; a verified one is remembered."""
         try:
-            response = self._call(GET_MANIFEST, repository, reference, budget_end, context)
+            response = self._call(
+                GET_MANIFEST, repository, reference, budget_end, context, scope=query.scope
+            )
         except errors.Refused as exc:
             return outcomes.Unknown(f"{repository}: {exc.message}"), True
-        outcome, for_the_repository = _outcome(repository, query, response)
+        outcome, for_the_repository = _outcome(
+            repository,
+            query,
+            response,
+            self._tokens.credentials_from(repository.registry, query.scope),
+        )
         if isinstance(outcome, outcomes.Found):
             with self._verified_lock:
                 key = (repository.registry, repository.name, outcome.digest)
@@ -281,14 +303,19 @@ class OciClient:
         reference: str,
         budget_end: float,
         context: Mapping[str, str],
+        *,
+        scope: str = "",
     ) -> transport.Response:
-        """One manifest request (`operation` GET_MANIFEST or HEAD_MANIFEST), retried within
-        the budget; counted in the metrics under `operation`."""
+        """One manifest request (`operation` GET_MANIFEST or HEAD_MANIFEST) with the
+        credentials of `scope`, retried within the budget; counted in the metrics under
+        `operation`."""
         method = "HEAD" if operation == HEAD_MANIFEST else "GET"
 
         def attempt() -> transport.Response:
             try:
-                response = self._get_manifest(repository, reference, budget_end, method=method)
+                response = self._get_manifest(
+                    repository, reference, budget_end, method=method, scope=scope
+                )
             except errors.Retryable as exc:
                 metrics.REGISTRY_CALLS.labels(
                     operation, "throttled" if exc.throttled else "error"
@@ -314,6 +341,7 @@ class OciClient:
         budget_end: float,
         *,
         method: str = "GET",
+        scope: str = "",
     ) -> transport.Response:
         """One GET (or HEAD) of a manifest, through the anonymous token flow and redirects.
 
@@ -327,7 +355,7 @@ class OciClient:
             f"/v2/{urllib.parse.quote(repository.name, safe='/')}"
             f"/manifests/{urllib.parse.quote(reference, safe=':')}"
         )
-        authorization = self._tokens.cached_authorization(repository)
+        authorization = self._tokens.cached_authorization(repository, scope)
         fresh_token = False
         while True:
             response = self._transport.get(
@@ -348,10 +376,12 @@ class OciClient:
                             repository,
                             response,
                             after_token=True,
-                            with_credentials=self._tokens.has_credentials(repository.registry),
+                            credentials_from=self._tokens.credentials_from(
+                                repository.registry, scope
+                            ),
                         )
                     )
-                authorization = self._tokens.authorization(repository, response, budget_end)
+                authorization = self._tokens.authorization(repository, response, budget_end, scope)
                 fresh_token = True
                 continue
             if response.status == 429 or response.status >= 500:
@@ -377,9 +407,13 @@ def _insecure_entry(entry: str) -> str:
 
 
 def _outcome(
-    repository: outcomes.Repository, query: outcomes.Query, response: transport.Response
+    repository: outcomes.Repository,
+    query: outcomes.Query,
+    response: transport.Response,
+    credentials_from: str | None = None,
 ) -> tuple[outcomes.Outcome, bool]:
-    """What a final answer says about the query, and whether it holds for the whole repository."""
+    """What a final answer says about the query, and whether it holds for the whole repository
+    (`credentials_from`: where the credentials sent came from, None for none)."""
     status = response.status
     code, message = response.error()
     said = f"HTTP {status}" + (f" {code}: {message}" if code else "")
@@ -396,9 +430,12 @@ def _outcome(
     if status == 400 and code in MISSING_INVALID_CODES:
         return outcomes.Missing(code, f"{query}: {said}"), False
     if status == 403:
-        return outcomes.Unknown(
-            f"{repository}: {repository.registry} denied anonymous access ({said})"
-        ), True
+        who = (
+            "anonymous access"
+            if credentials_from is None
+            else f"access with the credentials of {credentials_from}"
+        )
+        return outcomes.Unknown(f"{repository}: {repository.registry} denied {who} ({said})"), True
     return outcomes.Unknown(f"{query}: {repository.registry} answered {said}"), False
 
 

@@ -30,10 +30,18 @@ _DOCKER_HUB_KEYS: Final = frozenset(
 )
 
 
+DOCKER_CONFIG_SOURCE: Final = "the Docker config"
+"""How a credential read from the user's Docker config is named in messages."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Credential:
+    """A user and password for one registry; `source` names where it came from in
+    messages (the Docker config, or a pull Secret), never the secret itself."""
+
     username: str
     password: str = dataclasses.field(repr=False)
+    source: str = DOCKER_CONFIG_SOURCE
 
 
 Credentials = Mapping[str, Credential]
@@ -59,8 +67,9 @@ def load(file: pathlib.Path) -> dict[str, Credential]:
     return parse(text, str(file))
 
 
-def parse(text: str, source: str) -> dict[str, Credential]:
-    """The credentials of a config file's text (`source` names it in errors)."""
+def parse(text: str, source: str, *, named: str = DOCKER_CONFIG_SOURCE) -> dict[str, Credential]:
+    """The credentials of a config file's text (`source` names it in errors, `named` in
+    the credentials' messages)."""
     try:
         document = json.loads(text) if text.strip() else {}
     except ValueError as error:
@@ -73,7 +82,7 @@ def parse(text: str, source: str) -> dict[str, Credential]:
     found: dict[str, Credential] = {}
     for key, entry in auths.items():
         host = registry_host(str(key))
-        credential = _credential(entry, f"{source}: auths[{key!r}]")
+        credential = _credential(entry, f"{source}: auths[{key!r}]", named)
         if host is not None and credential is not None:
             found[host] = credential
     return found
@@ -91,7 +100,7 @@ def registry_host(key: str) -> str | None:
     return references.DOCKER_HUB if host in _DOCKER_HUB_KEYS else host
 
 
-def _credential(entry: Any, where: str) -> Credential | None:
+def _credential(entry: Any, where: str, named: str) -> Credential | None:
     if not isinstance(entry, dict):
         raise errors.ConfigurationError(f"{where} is not an object")
     encoded = entry.get("auth")
@@ -105,10 +114,10 @@ def _credential(entry: Any, where: str) -> Credential | None:
         user, colon, secret = decoded.partition(":")
         if not colon:
             raise errors.ConfigurationError(f"{where}.auth is not base64 of user:password")
-        return Credential(user, secret)
+        return Credential(user, secret, named)
     username, password = entry.get("username"), entry.get("password")
     if isinstance(username, str) and username and isinstance(password, str):
-        return Credential(username, password)
+        return Credential(username, password, named)
     return None
 
 
