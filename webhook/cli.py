@@ -1,4 +1,5 @@
-"""`digestguard serve` runs the webhook; `digestguard resolve IMAGE...` pins images by hand.
+"""`digestguard serve` runs the webhook; `digestguard resolve IMAGE...` pins images by hand;
+`digestguard audit` says whether what the cluster runs can still be pulled.
 
 Every `serve` flag has an environment variable: `--cache-ttl` is `DIGESTGUARD_CACHE_TTL`.
 """
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import collections
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -14,9 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from webhook import __version__, app, errors, logs
+from webhook import __version__, app, errors, logs, names
 from webhook.core import durations, outcomes, references, text
 from webhook.registries import ecr, oci, protocol, resolver, routing
+from webhook.serving import audit, kubeapi
 
 logger = logging.getLogger("digestguard.cli")
 
@@ -97,6 +100,17 @@ SERVE_FLAGS: Final = (
         "open client connections, counted before TLS; more are reset as they are accepted",
     ),
     Flag("shutdown-delay", "3s", "how long to stay up, not ready, after SIGTERM before draining"),
+    Flag(
+        "audit-interval",
+        "0",
+        "how often the replica holding the audit Lease checks that the images running pods"
+        " use can still be pulled (0: no audit)",
+    ),
+    Flag(
+        "audit-lease-name",
+        names.AUDIT_LEASE_NAME,
+        "the Lease (in --namespace) whose holder runs the audit: one replica at a time",
+    ),
     Flag("log-level", "info", "debug, info, warning or error"),
 )
 
@@ -149,6 +163,35 @@ def _parser() -> argparse.ArgumentParser:
         )
     resolve.add_argument("--timeout", default="10s", help="time budget for all lookups")
     resolve.set_defaults(run=_resolve)
+
+    audit_command = commands.add_parser(
+        "audit",
+        help="check that the images running pods use can still be pulled",
+        description="List the pods (kubeconfig, or the in-cluster service account) and ask"
+        " the registries about the digest each container runs and the tag it follows:"
+        " current, tag-moved, gone, archived or unknown. Exit 1 if an image is gone or"
+        f" archived, {EXIT_UNKNOWN} if the pods could not be listed, 0 otherwise.",
+    )
+    audit_command.add_argument(
+        "-n", "--namespace", default="", help="audit one namespace (default: all namespaces)"
+    )
+    audit_command.add_argument(
+        "-o", "--output", default="table", choices=("table", "json"), help="output format"
+    )
+    audit_command.add_argument(
+        "--kubeconfig", default="", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    for name in ("ecr-endpoint-url", "insecure-registries", "registry-ca-file"):
+        flag = next(f for f in SERVE_FLAGS if f.name == name)
+        audit_command.add_argument(
+            f"--{flag.name}",
+            default=os.environ.get(flag.env, flag.default),
+            help=f"{flag.help} [env {flag.env}]",
+        )
+    audit_command.add_argument(
+        "--timeout", default="60s", help="time budget for all registry lookups"
+    )
+    audit_command.set_defaults(run=_audit)
     return parser
 
 
@@ -196,9 +239,15 @@ def serve_config(options: argparse.Namespace) -> app.Config:
         max_deciding=_integer(options.max_deciding, "max-deciding", least=1),
         max_connections=_integer(options.max_connections, "max-connections", least=1),
         shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
+        audit_interval=_seconds(options.audit_interval, "audit-interval"),
+        audit_lease_name=options.audit_lease_name,
     )
     if config.resolve_deadline <= 0:
         raise errors.ConfigurationError("--resolve-deadline must be above zero")
+    if 0 < config.audit_interval < 1:
+        raise errors.ConfigurationError("--audit-interval must be 0 (no audit) or at least 1s")
+    if config.audit_interval and not config.audit_lease_name:
+        raise errors.ConfigurationError("--audit-lease-name must not be empty")
     return config
 
 
@@ -250,6 +299,105 @@ def _resolve(options: argparse.Namespace) -> int:
             status = EXIT_UNKNOWN
             print(f"{reference.original}: {outcome.message}", file=sys.stderr)
     return status
+
+
+AUDIT_COLUMNS: Final = ("NAMESPACE", "OWNER", "CONTAINER", "IMAGE", "DIGEST", "STATE")
+
+
+def _audit(options: argparse.Namespace) -> int:
+    timeout = _seconds(options.timeout, "timeout")
+    if timeout <= 0:
+        raise errors.ConfigurationError("--timeout must be above zero")
+    plain_http = references.plain_http_hosts(_hosts(options.insecure_registries))
+    kubeapi.load_configuration_for_cli(options.kubeconfig or None)
+    calls = audit.CallCounter()
+    client, oci_client = app.registry_client(
+        ecr_endpoint_url=options.ecr_endpoint_url,
+        insecure_registries=plain_http,
+        registry_ca_file=options.registry_ca_file,
+        calls=calls,
+    )
+    auditor = audit.Auditor(
+        client,
+        calls,
+        pages=kubeapi.pod_pages,
+        plain_http=plain_http,
+        budget=timeout,
+        workers=2 * audit.WORKERS,
+    )
+    try:
+        report = auditor.run(options.namespace or None)
+    except errors.KubernetesError as error:
+        print(f"digestguard: {error}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    finally:
+        oci_client.close()
+    if options.output == "json":
+        print(json.dumps(_audit_document(report), indent=2))
+    else:
+        _print_table(report)
+    for skipped in report.skipped[: audit.SKIPPED_LOGGED]:
+        where = f"{skipped.namespace}/{skipped.pod} {skipped.container}".strip()
+        print(f"digestguard: skipped {where}: {skipped.reason}", file=sys.stderr)
+    if report.skipped_count > audit.SKIPPED_LOGGED:
+        rest = report.skipped_count - audit.SKIPPED_LOGGED
+        print(f"digestguard: skipped {rest} more containers", file=sys.stderr)
+    return EXIT_MISSING if report.broken else 0
+
+
+def _audit_document(report: audit.Report) -> dict[str, Any]:
+    return {
+        "pods": report.pods,
+        "states": report.states(),
+        "registryCalls": dict(report.registry_calls),
+        "findings": [
+            {
+                "namespace": f.running.namespace,
+                "owner": {"kind": f.running.owner.kind, "name": f.running.owner.name},
+                "container": f.running.container,
+                "containerList": f.running.list_name,
+                "image": f.running.image,
+                "repository": str(f.running.repository),
+                "digest": f.running.digest,
+                "tag": f.running.tag,
+                "tagDigest": f.tag_digest,
+                "state": f.state.value,
+                "detail": f.detail,
+                "pods": f.pods,
+            }
+            for f in report.findings
+        ],
+        "skipped": [dataclasses.asdict(s) for s in report.skipped],
+        "skippedCount": report.skipped_count,
+    }
+
+
+def _print_table(report: audit.Report) -> None:
+    rows = [AUDIT_COLUMNS] + [
+        (
+            f.running.namespace,
+            str(f.running.owner),
+            f.running.container_label,
+            f.running.image,
+            f.running.digest,
+            f.state.value,
+        )
+        for f in report.findings
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(AUDIT_COLUMNS))]
+    for row in rows:
+        print(
+            "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    if not report.findings:
+        print(f"digestguard: no running images found in {report.pods} pods", file=sys.stderr)
+    broken = len(report.broken)
+    if broken:
+        print(
+            f"digestguard: {broken} running image(s) cannot be pulled again"
+            f" ({', '.join(sorted({f.state.value for f in report.broken}))})",
+            file=sys.stderr,
+        )
 
 
 async def _lookup(

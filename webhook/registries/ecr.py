@@ -217,6 +217,8 @@ class EcrClient:
     `upstream` answers for the upstream registries of pull-through cache rules (the OCI
     client): a repository under a rule whose image ECR does not hold and this lookup
     could not import is never pinned; the upstream says whether the tag exists.
+    `on_request` is told the operation of every request sent, retries included (the
+    audit counts its calls per cycle with it).
     """
 
     def __init__(
@@ -228,8 +230,10 @@ class EcrClient:
         session: boto3.session.Session | None = None,
         max_pool_connections: int = 32,
         upstream: protocol.RegistryClient | None = None,
+        on_request: protocol.RequestObserver | None = None,
     ) -> None:
         self._endpoint_url = endpoint_url
+        self._on_request = on_request
         self._upstream = upstream
         self._rules: dict[tuple[str, str], tuple[float, tuple[PullThroughRule, ...]]] = {}
         self._connect_timeout = connect_timeout
@@ -634,6 +638,8 @@ class EcrClient:
         """
 
         def attempt() -> _T:
+            if self._on_request is not None:
+                self._on_request(operation)
             try:
                 result = call()
             except botocore.exceptions.ClientError as exc:

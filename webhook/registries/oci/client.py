@@ -101,7 +101,9 @@ class OciClient:
         read_timeout: float = 3.0,
         max_idle_connections: int = 32,
         clock: Callable[[], float] = time.monotonic,
+        on_request: protocol.RequestObserver | None = None,
     ) -> None:
+        self._on_request = on_request
         self._insecure = frozenset(_insecure_entry(entry) for entry in insecure_registries)
         self._transport = transport.Transport(
             ca_file=ca_file,
@@ -169,6 +171,8 @@ class OciClient:
         }
 
         def attempt() -> transport.Response:
+            if self._on_request is not None:
+                self._on_request(GET_MANIFEST)
             try:
                 response = self._get_manifest(repository, reference, budget_end)
             except errors.Retryable as exc:
