@@ -418,6 +418,8 @@ def test_default_args_match_the_serve_contract(defaults: Rendered) -> None:
         "max-connections": "400",
         "max-body-bytes": "16777216",
         "shutdown-delay": "3s",
+        "audit-interval": "10m",
+        "audit-lease-name": f"{FULLNAME}-audit",
         "log-level": "info",
     }
 
@@ -595,6 +597,8 @@ def test_cluster_role_reads_policies_and_namespaces_and_patches_only_its_own_web
         # One revision, one digest: list (never watch or get) pods; warn on owners.
         ("", "pods", (), ("list",)),
         ("", "events", (), ("create",)),
+        # The audit's Warning Events name a Deployment by uid: get (never list) them.
+        ("apps", "deployments", (), ("get",)),
         (
             admission,
             "mutatingwebhookconfigurations",
@@ -617,7 +621,22 @@ def test_role_reads_only_its_own_secret_in_its_own_namespace(defaults: Rendered)
         ("", "secrets", (f"{FULLNAME}-tls",), ("get", "patch")),
         # create cannot be limited by name; it does not allow reading.
         ("", "secrets", (), ("create",)),
+        # The audit Lease, by name; create cannot be limited by name.
+        ("coordination.k8s.io", "leases", (f"{FULLNAME}-audit",), ("get", "update")),
+        ("coordination.k8s.io", "leases", (), ("create",)),
     }
+
+
+def test_without_the_audit_there_is_no_lease_and_no_deployment_right(helm: Path) -> None:
+    rendered = render(helm, "defaults.yaml", "audit.enabled=false")
+    assert rendered.flags["audit-interval"] == "0"
+    assert "audit-lease-name" not in rendered.flags
+    assert {rule[1] for rule in _rules(rendered.one("Role"))} == {"secrets"}
+    assert "deployments" not in {rule[1] for rule in _rules(rendered.one("ClusterRole"))}
+
+
+def test_the_audit_interval_reaches_the_pod(helm: Path) -> None:
+    assert render(helm, "everything.yaml").flags["audit-interval"] == "5m"
 
 
 def test_no_rule_uses_wildcards(helm: Path) -> None:
@@ -650,10 +669,20 @@ def test_mounted_certificates_need_no_secret_or_webhook_rights(
     helm: Path, values_file: str
 ) -> None:
     rendered = render(helm, values_file)
-    assert "Role" not in rendered.kinds()
-    assert "RoleBinding" not in rendered.kinds()
+    # The Role holds the audit Lease only: no Secret at all.
+    assert {rule[1] for rule in _rules(rendered.one("Role"))} == {"leases"}
     resources = {rule[1] for rule in _rules(rendered.one("ClusterRole"))}
-    assert resources == {names.PLURAL, f"{names.PLURAL}/status", "namespaces", "pods", "events"}
+    assert resources == {
+        names.PLURAL,
+        f"{names.PLURAL}/status",
+        "namespaces",
+        "pods",
+        "events",
+        "deployments",
+    }
+    without_audit = render(helm, values_file, "audit.enabled=false")
+    assert "Role" not in without_audit.kinds()
+    assert "RoleBinding" not in without_audit.kinds()
 
 
 # --------------------------------------------------------------------------
