@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import cluster
 from webhook import errors, metrics, names
 from webhook.core import audit, outcomes, references
 from webhook.serving import audit as auditing
@@ -191,3 +192,44 @@ def test_a_cycle_that_cannot_list_pods_fails_without_stopping_the_audit(poster: 
         reporter="r",
     )
     assert failing.cycle() is None
+
+
+class FakeLease:
+    namespace = "digestguard"
+    name = "audit"
+    identity = "replica-0"
+
+    def __init__(self) -> None:
+        self.held = True
+
+    def try_hold(self) -> bool:
+        return self.held
+
+    def release(self) -> None:
+        self.held = False
+
+
+def test_a_replica_that_loses_the_lease_stops_reporting_its_last_cycle(
+    cycles: Cycles, poster: Poster
+) -> None:
+    lease = FakeLease()
+    cycles.reports.extend(report(audit.State.GONE) for _ in range(1000))
+    audit_ = auditing.PeriodicAudit(
+        cycles,  # type: ignore[arg-type]
+        lease,  # type: ignore[arg-type]
+        interval=0.01,
+        post_warning=poster,
+        deployment_uid=lambda namespace, name: "uid",
+        reporter="replica-0",
+        retry_period=0.01,
+    )
+    audit_.start()
+    try:
+        cluster.eventually("a cycle reported", lambda: samples("digestguard_audit_images"), 10)
+        lease.held = False
+        cluster.eventually(
+            "the gauges dropped", lambda: not samples("digestguard_audit_images"), 10
+        )
+    finally:
+        audit_.stop()
+    assert len(poster.posted) == 1, "one Event however many cycles"

@@ -207,11 +207,17 @@ class PeriodicAudit:
 
     def _audit(self) -> None:
         due = self._clock()
+        reporting = False
         while not self._stop.is_set():
-            now = self._clock()
-            if self._lease.held and now >= due:
-                self.cycle()
-                due = self._clock() + self._interval
+            if self._lease.held:
+                if self._clock() >= due:
+                    reporting = self.cycle() is not None or reporting
+                    due = self._clock() + self._interval
+            elif reporting:
+                # Another replica audits now: its gauges count the images, not ours too.
+                _clear_gauges()
+                reporting = False
+                due = self._clock()
             self._stop.wait(min(1.0, max(0.05, due - self._clock())))
 
     def cycle(self) -> Report | None:
@@ -234,10 +240,9 @@ class PeriodicAudit:
         return report
 
     def _report(self, report: Report) -> None:
-        metrics.AUDIT_IMAGES.clear()
+        _clear_gauges()
         for (namespace, kind, state), count in audit.counts(report.findings).items():
             metrics.AUDIT_IMAGES.labels(namespace, kind, state.value).set(count)
-        metrics.AUDIT_REGISTRY_CALLS.clear()
         for operation, count in report.registry_calls.items():
             metrics.AUDIT_REGISTRY_CALLS.labels(operation).set(count)
         metrics.AUDIT_SKIPPED.set(report.skipped_count)
@@ -325,3 +330,10 @@ class PeriodicAudit:
         standing = {(f.running, f.state) for f in report.broken} | unknown
         for key in [key for key in self._posted if key not in standing]:
             del self._posted[key]
+
+
+def _clear_gauges() -> None:
+    """Forget the last cycle's gauges (images by state, calls, skipped containers)."""
+    metrics.AUDIT_IMAGES.clear()
+    metrics.AUDIT_REGISTRY_CALLS.clear()
+    metrics.AUDIT_SKIPPED.set(0)
