@@ -136,7 +136,7 @@ class Auditor:
         self, queries: Iterable[outcomes.Query]
     ) -> dict[outcomes.Query, outcomes.Outcome]:
         # A resolver of the cycle's own: nothing it answers comes from before the cycle.
-        cycle = resolver.Resolver(self._client, workers=self._workers)
+        cycle = resolver.Resolver(self._client, workers=self._workers, measured=False)
         try:
             return await cycle.resolve(
                 dict.fromkeys(queries, 0.0), deadline=time.monotonic() + self._budget
