@@ -70,6 +70,7 @@ class Lease:
         self._wall_clock = wall_clock
         self._observed: _Observed | None = None
         self._renewed_at: float | None = None
+        self._problem = ""
 
     @property
     def held(self) -> bool:
@@ -84,10 +85,14 @@ class Lease:
         A Kubernetes API failure is logged and counts as not renewed."""
         try:
             self._try_hold()
+            self._problem = ""
         except errors.Conflict:
             logger.debug("the audit Lease was written by another replica first")
         except errors.KubernetesError as error:
-            logger.warning(
+            # Once per problem, not every retry: a missing RBAC rule would flood the log.
+            log = logger.warning if str(error) != self._problem else logger.debug
+            self._problem = str(error)
+            log(
                 "cannot take or renew the audit Lease",
                 extra={"lease": f"{self.namespace}/{self.name}", "problem": str(error)},
             )
