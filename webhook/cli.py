@@ -391,6 +391,13 @@ def _print_table(report: audit.Report) -> None:
         )
     if not report.findings:
         print(f"digestguard: no running images found in {report.pods} pods", file=sys.stderr)
+    unknown = [f for f in report.findings if f.state.value == "unknown"]
+    if unknown:
+        # Why the registry could not tell, once per reason: credentials, IAM, network.
+        reasons = list(dict.fromkeys(text.clipped(f.detail, 300) for f in unknown))
+        print(f"digestguard: {len(unknown)} running image(s) unknown:", file=sys.stderr)
+        for reason in reasons[:5]:
+            print(f"  {reason}", file=sys.stderr)
     broken = len(report.broken)
     if broken:
         print(

@@ -300,6 +300,19 @@ def test_the_audit_command_says_why_it_cannot_list_pods_without_a_traceback(
     assert "Traceback" not in result.stderr
 
 
+def test_the_audit_command_says_why_the_registry_could_not_tell(
+    control_plane: ControlPlane, namespace: str, core: client.CoreV1Api, stub: EcrStub
+) -> None:
+    digest = stub.add_image("audit/denied", "v1", manifest("denied"), DOCKER_V2)
+    stub.configure(always="AccessDeniedException")
+    create(core, namespace, pinned_pod("api", "audit/denied", digest))
+    result = run_audit(control_plane.kubeconfig_path, stub.url, "-n", namespace)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "unknown"
+    assert "1 running image(s) unknown" in result.stderr
+    assert "grant the webhook's IAM role ecr:BatchGetImage" in result.stderr
+
+
 def test_the_audit_command_refuses_a_missing_kubeconfig(
     moto_server: ecr_emulator.MotoServer, tmp_path: Path
 ) -> None:
