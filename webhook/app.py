@@ -58,6 +58,9 @@ class Config:
     audit_interval: float = 0.0
     """Seconds between running-image audits by the Lease holder; 0: no audit."""
     audit_lease_name: str = names.AUDIT_LEASE_NAME
+    audit_lifecycle_preview: bool = False
+    """Also read each ECR repository's lifecycle policy preview (running images it would
+    expire are `expiring`)."""
 
 
 GIL_SWITCH_INTERVAL: Final = 0.001
@@ -91,9 +94,9 @@ def registry_client(
     insecure_registries: references.PlainHttpHosts,
     registry_ca_file: str,
     calls: audit.CallCounter,
-) -> tuple[routing.RoutingClient, oci.OciClient]:
-    """The registry clients of the audit, counting every request they send; the OCI
-    client is returned too, to be closed."""
+) -> tuple[routing.RoutingClient, ecr.EcrClient, oci.OciClient]:
+    """The registry clients of the audit, counting every request they send: the routing
+    client, the ECR client (for lifecycle previews), and the OCI client (to be closed)."""
     oci_client = oci.OciClient(
         insecure_registries=insecure_registries,
         ca_file=registry_ca_file or None,
@@ -105,19 +108,30 @@ def registry_client(
         on_request=calls.count,
         max_pool_connections=2 * audit.WORKERS,
     )
-    return routing.RoutingClient(ecr_client, oci_client), oci_client
+    return routing.RoutingClient(ecr_client, oci_client), ecr_client, oci_client
+
+
+def lifecycle_previewer(ecr_client: ecr.EcrClient) -> audit.LifecyclePreviewer:
+    """The audit's reader of lifecycle policy previews, through `ecr_client`."""
+    return lambda repository, digests, timeout: ecr_client.lifecycle_preview(
+        repository, digests, timeout=timeout
+    )
 
 
 def _periodic_audit(config: Config) -> tuple[audit.PeriodicAudit, oci.OciClient]:
     calls = audit.CallCounter()
-    client, oci_client = registry_client(
+    client, ecr_client, oci_client = registry_client(
         ecr_endpoint_url=config.ecr_endpoint_url,
         insecure_registries=config.insecure_registries,
         registry_ca_file=config.registry_ca_file,
         calls=calls,
     )
     auditor = audit.Auditor(
-        client, calls, pages=kubeapi.pod_pages, plain_http=config.insecure_registries
+        client,
+        calls,
+        pages=kubeapi.pod_pages,
+        plain_http=config.insecure_registries,
+        lifecycle=lifecycle_previewer(ecr_client) if config.audit_lifecycle_preview else None,
     )
     hostname = socket.gethostname()
     lease = leases.Lease(

@@ -107,6 +107,13 @@ SERVE_FLAGS: Final = (
         " use can still be pulled (0: no audit)",
     ),
     Flag(
+        "audit-lifecycle-preview",
+        "false",
+        "true: the audit also reads each ECR repository's lifecycle policy preview, and a"
+        " running image the policy would expire or archive now is 'expiring' (needs"
+        " ecr:StartLifecyclePolicyPreview and ecr:GetLifecyclePolicyPreview)",
+    ),
+    Flag(
         "audit-lease-name",
         names.AUDIT_LEASE_NAME,
         "the Lease (in --namespace) whose holder runs the audit: one replica at a time",
@@ -191,6 +198,13 @@ def _parser() -> argparse.ArgumentParser:
     audit_command.add_argument(
         "--timeout", default="60s", help="time budget for all registry lookups"
     )
+    audit_command.add_argument(
+        "--lifecycle-preview",
+        action="store_true",
+        help="also read each ECR repository's lifecycle policy preview: a running image the"
+        " policy would expire or archive now is 'expiring' (needs"
+        " ecr:StartLifecyclePolicyPreview and ecr:GetLifecyclePolicyPreview)",
+    )
     audit_command.set_defaults(run=_audit)
     return parser
 
@@ -241,6 +255,9 @@ def serve_config(options: argparse.Namespace) -> app.Config:
         shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
         audit_interval=_seconds(options.audit_interval, "audit-interval"),
         audit_lease_name=options.audit_lease_name,
+        audit_lifecycle_preview=_boolean(
+            options.audit_lifecycle_preview, "audit-lifecycle-preview"
+        ),
     )
     if config.resolve_deadline <= 0:
         raise errors.ConfigurationError("--resolve-deadline must be above zero")
@@ -311,7 +328,7 @@ def _audit(options: argparse.Namespace) -> int:
     plain_http = references.plain_http_hosts(_hosts(options.insecure_registries))
     kubeapi.load_configuration_for_cli(options.kubeconfig or None)
     calls = audit.CallCounter()
-    client, oci_client = app.registry_client(
+    client, ecr_client, oci_client = app.registry_client(
         ecr_endpoint_url=options.ecr_endpoint_url,
         insecure_registries=plain_http,
         registry_ca_file=options.registry_ca_file,
@@ -324,6 +341,7 @@ def _audit(options: argparse.Namespace) -> int:
         plain_http=plain_http,
         budget=timeout,
         workers=2 * audit.WORKERS,
+        lifecycle=app.lifecycle_previewer(ecr_client) if options.lifecycle_preview else None,
     )
     try:
         report = auditor.run(options.namespace or None)
@@ -339,6 +357,8 @@ def _audit(options: argparse.Namespace) -> int:
     for skipped in report.skipped[: audit.SKIPPED_LOGGED]:
         where = f"{skipped.namespace}/{skipped.pod} {skipped.container}".strip()
         print(f"digestguard: skipped {where}: {skipped.reason}", file=sys.stderr)
+    for problem in report.lifecycle_problems[: audit.SKIPPED_LOGGED]:
+        print(f"digestguard: lifecycle preview not read: {problem}", file=sys.stderr)
     if report.skipped_count > audit.SKIPPED_LOGGED:
         rest = report.skipped_count - audit.SKIPPED_LOGGED
         print(f"digestguard: skipped {rest} more containers", file=sys.stderr)
@@ -369,6 +389,7 @@ def _audit_document(report: audit.Report) -> dict[str, Any]:
         ],
         "skipped": [dataclasses.asdict(s) for s in report.skipped],
         "skippedCount": report.skipped_count,
+        "lifecycleProblems": list(report.lifecycle_problems),
     }
 
 
@@ -423,6 +444,15 @@ def _seconds(raw: str, flag: str) -> float:
         return durations.parse_seconds(raw)
     except errors.InvalidDuration as error:
         raise errors.ConfigurationError(f"--{flag}: {text.clipped(error, 120)}") from None
+
+
+def _boolean(raw: Any, flag: str) -> bool:
+    value = str(raw).strip().lower()
+    if value in {"true", "1", "yes"}:
+        return True
+    if value in {"false", "0", "no", ""}:
+        return False
+    raise errors.ConfigurationError(f"--{flag}: {_shown(raw)} is not true or false")
 
 
 def _hosts(raw: str) -> tuple[str, ...]:

@@ -420,6 +420,7 @@ def test_default_args_match_the_serve_contract(defaults: Rendered) -> None:
         "shutdown-delay": "3s",
         "audit-interval": "10m",
         "audit-lease-name": f"{FULLNAME}-audit",
+        "audit-lifecycle-preview": "false",
         "log-level": "info",
     }
 
@@ -635,8 +636,9 @@ def test_without_the_audit_there_is_no_lease_and_no_deployment_right(helm: Path)
     assert "deployments" not in {rule[1] for rule in _rules(rendered.one("ClusterRole"))}
 
 
-def test_the_audit_interval_reaches_the_pod(helm: Path) -> None:
-    assert render(helm, "everything.yaml").flags["audit-interval"] == "5m"
+def test_the_audit_interval_and_lifecycle_preview_reach_the_pod(helm: Path) -> None:
+    flags = render(helm, "everything.yaml").flags
+    assert (flags["audit-interval"], flags["audit-lifecycle-preview"]) == ("5m", "true")
 
 
 def test_no_rule_uses_wildcards(helm: Path) -> None:

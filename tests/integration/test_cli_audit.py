@@ -154,6 +154,60 @@ def test_a_throttled_registry_is_unknown_not_gone(stub: EcrStub) -> None:
     assert "ecr:BatchGetImage" in finding.detail
 
 
+def lifecycle_auditor(url: str, pods: list[dict[str, Any]]) -> audit.Auditor:
+    calls = audit.CallCounter()
+    ecr_client = ecr.EcrClient(
+        endpoint_url=url, session=ecr_emulator.session(), on_request=calls.count
+    )
+    return audit.Auditor(
+        routing.RoutingClient(ecr_client, oci.OciClient(on_request=calls.count)),
+        calls,
+        pages=lambda namespace: iter([pods]),
+        lifecycle=lambda repository, digests, timeout: ecr_client.lifecycle_preview(
+            repository, digests, timeout=timeout
+        ),
+    )
+
+
+def test_a_running_digest_the_lifecycle_policy_would_expire_is_expiring(stub: EcrStub) -> None:
+    doomed = stub.add_image("shop/api", None, manifest("api old"), DOCKER_V2)
+    kept = stub.add_image("shop/api", "v1", manifest("api"), DOCKER_V2)
+    unpolicied = stub.add_image("shop/web", "v1", manifest("web"), DOCKER_V2)
+    stub.configure(
+        lifecycle_previews={"shop/api": {doomed: "EXPIRE", "sha256:" + "0" * 64: "EXPIRE"}},
+        preview_polls_in_progress=1,
+    )
+    pods = [
+        pinned_pod("old", "shop/api", doomed),
+        pinned_pod("new", "shop/api", kept),
+        pinned_pod("web", "shop/web", unpolicied),
+    ]
+    report = lifecycle_auditor(stub.url, pods).run()
+    states = {f.running.owner.name: f.state.value for f in report.findings}
+    assert states == {"old": "expiring", "new": "current", "web": "current"}
+    assert report.lifecycle_problems == ()
+    # shop/web has no policy: one start, refused; shop/api: one start, polled until done.
+    assert report.registry_calls == {
+        "BatchGetImage": 2,
+        "StartLifecyclePolicyPreview": 2,
+        "GetLifecyclePolicyPreview": 2,
+    }
+    (asked,) = [r["body"] for r in stub.requests("GetLifecyclePolicyPreview")][-1:]
+    assert sorted(i["imageDigest"] for i in asked["imageIds"]) == sorted([doomed, kept])
+
+
+def test_a_preview_someone_else_started_is_not_read(stub: EcrStub) -> None:
+    digest = stub.add_image("shop/api", "v1", manifest("api"), DOCKER_V2)
+    stub.configure(
+        lifecycle_previews={"shop/api": {digest: "EXPIRE"}}, previews_running=["shop/api"]
+    )
+    report = lifecycle_auditor(stub.url, [pinned_pod("api", "shop/api", digest)]).run()
+    assert [f.state.value for f in report.findings] == ["current"]
+    (problem,) = report.lifecycle_problems
+    assert "already in progress" in problem
+    assert stub.requests("GetLifecyclePolicyPreview") == []
+
+
 # --------------------------------------------------------------------------
 # digestguard audit, against the apiserver and the moto ECR server
 # --------------------------------------------------------------------------
@@ -311,6 +365,22 @@ def test_the_audit_command_says_why_the_registry_could_not_tell(
     assert result.stdout.split()[-1] == "unknown"
     assert "1 running image(s) unknown" in result.stderr
     assert "grant the webhook's IAM role ecr:BatchGetImage" in result.stderr
+
+
+def test_the_audit_command_reports_expiring_images_when_asked_to(
+    control_plane: ControlPlane, namespace: str, core: client.CoreV1Api, stub: EcrStub
+) -> None:
+    digest = stub.add_image("audit/doomed", "v1", manifest("doomed"), DOCKER_V2)
+    stub.configure(lifecycle_previews={"audit/doomed": {digest: "EXPIRE"}})
+    create(core, namespace, pinned_pod("api", "audit/doomed", digest))
+    plain = run_audit(control_plane.kubeconfig_path, stub.url, "-n", namespace)
+    assert plain.stdout.split()[-1] == "current"
+    assert stub.requests("StartLifecyclePolicyPreview") == []
+    previewed = run_audit(
+        control_plane.kubeconfig_path, stub.url, "-n", namespace, "--lifecycle-preview"
+    )
+    assert previewed.returncode == 0, previewed.stderr
+    assert previewed.stdout.split()[-1] == "expiring"
 
 
 def test_the_audit_command_refuses_a_missing_kubeconfig(

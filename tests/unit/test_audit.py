@@ -346,3 +346,37 @@ class TestReports:
     def test_findings_are_sorted_for_a_stable_table(self) -> None:
         taken = inventory(pod(namespace="b"), pod(namespace="a"))
         assert [f.running.namespace for f in audit.findings(taken, {})] == ["a", "b"]
+
+
+class TestLifecyclePreviews:
+    def test_an_existing_digest_the_policy_would_expire_is_expiring(self) -> None:
+        found = outcomes.Found(OLD, MEDIA)
+        finding = audit.classify(tagged(), 1, {BY_DIGEST: found, BY_TAG: found}, "EXPIRE")
+        assert finding.state is audit.State.EXPIRING
+        assert "would expire it" in finding.detail
+
+    def test_a_digest_the_policy_would_archive_is_expiring_too(self) -> None:
+        found = outcomes.Found(OLD, MEDIA)
+        moved = outcomes.Found(NEW, MEDIA)
+        finding = audit.classify(tagged(), 1, {BY_DIGEST: found, BY_TAG: moved}, "TRANSITION")
+        assert finding.state is audit.State.EXPIRING
+        assert "move to the archive" in finding.detail
+        assert finding.tag_digest == NEW
+
+    def test_a_gone_digest_stays_gone_whatever_the_preview(self) -> None:
+        finding = audit.classify(
+            tagged(), 1, {BY_DIGEST: outcomes.Missing("ImageNotFound", "no")}, "EXPIRE"
+        )
+        assert finding.state is audit.State.GONE
+
+    def test_previews_are_read_for_existing_digests_of_ecr_repositories_only(self) -> None:
+        found = outcomes.Found(OLD, MEDIA)
+        elsewhere = audit.Running(
+            **{**tagged().__dict__, "repository": outcomes.Repository("ghcr.io", "shop/api")}
+        )
+        findings = [
+            audit.classify(tagged(OLD), 1, {BY_DIGEST: found, BY_TAG: found}),
+            audit.classify(tagged(NEW), 1, {}),
+            audit.classify(elsewhere, 1, {elsewhere.digest_query: found}),
+        ]
+        assert audit.preview_digests(findings) == {REPO: {OLD}}

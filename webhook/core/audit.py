@@ -36,6 +36,7 @@ class State(enum.Enum):
     GONE = "gone"
     ARCHIVED = "archived"
     UNKNOWN = "unknown"
+    EXPIRING = "expiring"
 
 
 BROKEN: Final = frozenset({State.GONE, State.ARCHIVED})
@@ -302,10 +303,34 @@ class Finding:
     """What the tag resolves to now, when the registry said."""
 
 
+LIFECYCLE_ACTIONS: Final[Mapping[str, str]] = {
+    "EXPIRE": "expire",
+    "TRANSITION": "move to the archive",
+}
+
+
 def classify(
+    running: Running,
+    pods: int,
+    answers: Mapping[outcomes.Query, outcomes.Outcome],
+    lifecycle_action: str | None = None,
+) -> Finding:
+    """The state of one running image, from the registry's answers to `queries` and the
+    action a lifecycle policy preview shows for its digest, if any."""
+    finding = _classify(running, pods, answers)
+    if lifecycle_action is None or finding.state not in {State.CURRENT, State.TAG_MOVED}:
+        return finding
+    would = LIFECYCLE_ACTIONS.get(lifecycle_action, f"act on ({lifecycle_action})")
+    return dataclasses.replace(
+        finding,
+        state=State.EXPIRING,
+        detail=f"the repository's lifecycle policy would {would} it now; {finding.detail}",
+    )
+
+
+def _classify(
     running: Running, pods: int, answers: Mapping[outcomes.Query, outcomes.Outcome]
 ) -> Finding:
-    """The state of one running image, from the registry's answers to `queries`."""
     said = answers.get(running.digest_query) or outcomes.Unknown("the registry gave no answer")
     if isinstance(said, outcomes.Missing):
         return Finding(running, State.GONE, f"{said.code}: {said.message}", pods)
@@ -348,10 +373,17 @@ def classify(
 
 
 def findings(
-    inventory: Inventory, answers: Mapping[outcomes.Query, outcomes.Outcome]
+    inventory: Inventory,
+    answers: Mapping[outcomes.Query, outcomes.Outcome],
+    lifecycle_actions: Mapping[outcomes.Query, str] | None = None,
 ) -> list[Finding]:
-    """Every running image's finding, sorted by namespace, owner, container and image."""
-    found = [classify(running, pods, answers) for running, pods in inventory.running.items()]
+    """Every running image's finding, sorted by namespace, owner, container and image;
+    `lifecycle_actions` are the previews' actions by digest query."""
+    acting = lifecycle_actions or {}
+    found = [
+        classify(running, pods, answers, acting.get(running.digest_query))
+        for running, pods in inventory.running.items()
+    ]
     found.sort(key=_finding_order)
     return found
 
@@ -367,6 +399,21 @@ def _finding_order(finding: Finding) -> tuple[str, ...]:
         running.image,
         running.digest,
     )
+
+
+def preview_digests(
+    found: Iterable[Finding],
+) -> dict[outcomes.Repository, set[references.Digest]]:
+    """The ECR repositories whose lifecycle preview to read, with the running digests to
+    read it for: those that exist (a gone or archived one is reported as such)."""
+    wanted: dict[outcomes.Repository, set[references.Digest]] = {}
+    for finding in found:
+        repository = finding.running.repository
+        if finding.state in {State.CURRENT, State.TAG_MOVED} and (
+            references.parse_ecr_host(repository.registry) is not None
+        ):
+            wanted.setdefault(repository, set()).add(finding.running.digest)
+    return wanted
 
 
 def counts(found: Iterable[Finding]) -> dict[tuple[str, str, State], int]:

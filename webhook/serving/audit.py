@@ -22,11 +22,12 @@ what the last one posted and posts each standing finding once more.
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final
 
 from webhook import errors, metrics, names
@@ -51,6 +52,12 @@ WarningPoster = Callable[..., bool]
 """`kubeapi.post_warning`: keyword arguments, whether the Event was posted; blocking."""
 UidReader = Callable[[str, str], str | None]
 """(namespace, Deployment name) -> its uid, or None when it cannot be read; blocking."""
+LifecyclePreviewer = Callable[
+    [outcomes.Repository, Collection[references.Digest], float], dict[references.Digest, str]
+]
+"""(ECR repository, running digests, timeout) -> the action its lifecycle policy would
+take on each of them now (`ecr.EcrClient.lifecycle_preview`); blocking; raises
+`errors.RegistryError`."""
 
 
 class CallCounter:
@@ -82,6 +89,8 @@ class Report:
     skipped_count: int
     registry_calls: Mapping[str, int]
     seconds: float
+    lifecycle_problems: tuple[str, ...] = ()
+    """Repositories whose lifecycle policy preview could not be read, and why."""
 
     @property
     def broken(self) -> tuple[audit.Finding, ...]:
@@ -105,8 +114,10 @@ class Auditor:
         plain_http: references.PlainHttpHosts = references.NO_PLAIN_HTTP,
         budget: float = BUDGET_SECONDS,
         workers: int = WORKERS,
+        lifecycle: LifecyclePreviewer | None = None,
     ) -> None:
         self._client = client
+        self._lifecycle = lifecycle
         self._calls = calls
         self._pages = pages
         self._plain_http = plain_http
@@ -123,6 +134,13 @@ class Auditor:
             inventory.add(page, plain_http=self._plain_http)
         answers = asyncio.run(self._resolve(audit.queries(inventory.running)))
         found = audit.findings(inventory, answers)
+        problems: list[str] = []
+        if self._lifecycle is not None:
+            acting, problems = self._previews(
+                self._lifecycle, audit.preview_digests(found), started + self._budget
+            )
+            if acting:
+                found = audit.findings(inventory, answers, acting)
         return Report(
             findings=tuple(found),
             pods=inventory.pods,
@@ -130,7 +148,47 @@ class Auditor:
             skipped_count=inventory.skipped_count,
             registry_calls=self._calls.take(),
             seconds=time.monotonic() - started,
+            lifecycle_problems=tuple(problems),
         )
+
+    def _previews(
+        self,
+        lifecycle: LifecyclePreviewer,
+        wanted: Mapping[outcomes.Repository, set[references.Digest]],
+        deadline: float,
+    ) -> tuple[dict[outcomes.Query, str], list[str]]:
+        """The lifecycle actions by digest query of every repository in `wanted`, a few
+        repositories at a time; and the repositories whose preview could not be read."""
+        acting: dict[outcomes.Query, str] = {}
+        problems: list[str] = []
+        if not wanted:
+            return acting, problems
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._workers, thread_name_prefix="digestguard-lifecycle"
+        ) as pool:
+            futures = {
+                pool.submit(lifecycle, repository, digests, deadline - time.monotonic()): (
+                    repository
+                )
+                for repository, digests in wanted.items()
+            }
+            for future in concurrent.futures.as_completed(futures):
+                repository = futures[future]
+                try:
+                    actions = future.result()
+                except errors.DigestguardError as error:
+                    problems.append(f"{repository}: {error}")
+                    continue
+                except Exception as error:
+                    logger.exception(
+                        "lifecycle preview failed", extra={"repository": str(repository)}
+                    )
+                    problems.append(f"{repository}: {error!r}")
+                    continue
+                for digest, action in actions.items():
+                    acting[outcomes.Query(repository, digest=digest)] = action
+        problems.sort()
+        return acting, problems
 
     async def _resolve(
         self, queries: Iterable[outcomes.Query]
@@ -248,6 +306,8 @@ class PeriodicAudit:
         metrics.AUDIT_SKIPPED.set(report.skipped_count)
         for skipped in report.skipped[:SKIPPED_LOGGED]:
             logger.info("audit skipped a container", extra=dataclasses.asdict(skipped))
+        for problem in report.lifecycle_problems[:SKIPPED_LOGGED]:
+            logger.warning("cannot read a lifecycle policy preview", extra={"problem": problem})
         self._post_events(report.broken)
         self._forget(report)
         logger.info(

@@ -258,6 +258,7 @@ matchExpressions:
 {{- if .Values.audit.enabled }}
 - --audit-interval={{ .Values.audit.interval }}
 - --audit-lease-name={{ include "digestguard.auditLeaseName" . }}
+- --audit-lifecycle-preview={{ .Values.audit.lifecyclePreview }}
 {{- else }}
 - --audit-interval=0
 {{- end }}
