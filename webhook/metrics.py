@@ -116,7 +116,7 @@ AUDIT_IMAGES: Final = prometheus_client.Gauge(
     "digestguard_audit_images",
     "Running images found by the last audit cycle, by namespace, owner kind (Deployment,"
     " StatefulSet, DaemonSet, Job, Pod…) and state (current, tag-moved, gone, archived,"
-    " unknown). One per (owner, container, image, digest), however many pods run it.",
+    " unknown, expiring). One per (owner, container, image, digest), however many pods run it.",
     ["namespace", "owner_kind", "state"],
     registry=REGISTRY,
 )
