@@ -12,12 +12,23 @@ import logging
 import signal
 import socket
 import sys
+import uuid
 from typing import Final
 
-from webhook import errors
+from webhook import errors, names
 from webhook.core import references, revisions
 from webhook.registries import ecr, oci, resolver, routing
-from webhook.serving import admission, kubeapi, podsecrets, pullsecrets, rollouts, server
+from webhook.registries.oci import dockerconfig
+from webhook.serving import (
+    admission,
+    audit,
+    kubeapi,
+    leases,
+    podsecrets,
+    pullsecrets,
+    rollouts,
+    server,
+)
 from webhook.tls import secret
 
 logger = logging.getLogger("digestguard.app")
@@ -59,6 +70,12 @@ class Config:
     max_deciding: int = server.DEFAULT_MAX_DECIDING
     max_connections: int = server.DEFAULT_MAX_CONNECTIONS
     shutdown_delay: float = 3.0
+    audit_interval: float = 0.0
+    """Seconds between running-image audits by the Lease holder; 0: no audit."""
+    audit_lease_name: str = names.AUDIT_LEASE_NAME
+    audit_lifecycle_preview: bool = False
+    """Also read each ECR repository's lifecycle policy preview (running images it would
+    expire are `expiring`)."""
 
 
 GIL_SWITCH_INTERVAL: Final = 0.001
@@ -86,6 +103,71 @@ def _post_warning(
     )
 
 
+def registry_client(
+    *,
+    ecr_endpoint_url: str,
+    insecure_registries: references.PlainHttpHosts,
+    registry_ca_file: str,
+    calls: audit.CallCounter,
+) -> tuple[routing.RoutingClient, ecr.EcrClient, oci.OciClient]:
+    """The registry clients of the audit, counting every request they send: the routing
+    client, the ECR client (for lifecycle previews), and the OCI client (to be closed)."""
+    oci_client = oci.OciClient(
+        insecure_registries=insecure_registries,
+        ca_file=registry_ca_file or None,
+        on_request=calls.count,
+    )
+    ecr_client = ecr.EcrClient(
+        endpoint_url=ecr_endpoint_url or None,
+        upstream=oci_client,
+        on_request=calls.count,
+        max_pool_connections=2 * audit.WORKERS,
+    )
+    return routing.RoutingClient(ecr_client, oci_client), ecr_client, oci_client
+
+
+def lifecycle_previewer(ecr_client: ecr.EcrClient) -> audit.LifecyclePreviewer:
+    """The audit's reader of lifecycle policy previews, through `ecr_client`."""
+    return lambda repository, digests, timeout: ecr_client.lifecycle_preview(
+        repository, digests, timeout=timeout
+    )
+
+
+def _periodic_audit(config: Config) -> tuple[audit.PeriodicAudit, oci.OciClient]:
+    calls = audit.CallCounter()
+    client, ecr_client, oci_client = registry_client(
+        ecr_endpoint_url=config.ecr_endpoint_url,
+        insecure_registries=config.insecure_registries,
+        registry_ca_file=config.registry_ca_file,
+        calls=calls,
+    )
+    auditor = audit.Auditor(
+        client,
+        calls,
+        pages=kubeapi.pod_pages,
+        plain_http=config.insecure_registries,
+        lifecycle=lifecycle_previewer(ecr_client) if config.audit_lifecycle_preview else None,
+    )
+    hostname = socket.gethostname()
+    lease = leases.Lease(
+        namespace=config.namespace,
+        name=config.audit_lease_name,
+        # Unique per process, as client-go does: two processes may share a host name.
+        identity=f"{hostname}_{uuid.uuid4().hex[:8]}",
+        read=kubeapi.read_lease,
+        write=lambda namespace, body, create: kubeapi.write_lease(namespace, body, create=create),
+    )
+    periodic = audit.PeriodicAudit(
+        auditor,
+        lease,
+        interval=config.audit_interval,
+        post_warning=kubeapi.post_warning,
+        deployment_uid=kubeapi.deployment_uid,
+        reporter=hostname,
+    )
+    return periodic, oci_client
+
+
 async def run(config: Config) -> None:
     """Build the webhook from `config` and serve until SIGTERM (after the shutdown delay)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
@@ -101,12 +183,22 @@ async def run(config: Config) -> None:
             "the DigestPolicy CRD (digestpolicies.digestguard.io) is not installed; "
             "install the chart's CRD first"
         )
+    periodic_audit = _periodic_audit(config) if config.audit_interval > 0 else None
     pull_secrets: pullsecrets.PullSecrets | None = None
     if config.registry_pull_secrets:
+        # The audit asks the same private registries as admission, with the same Secrets.
+        with_credentials = [oci_client] + ([periodic_audit[1]] if periodic_audit else [])
+
+        def use_credentials(credentials: dockerconfig.Credentials) -> frozenset[str]:
+            changed: frozenset[str] = frozenset()
+            for client in with_credentials:
+                changed |= client.use_credentials(credentials)
+            return changed
+
         pull_secrets = pullsecrets.PullSecrets(
             namespace=config.namespace,
             names=config.registry_pull_secrets,
-            use=oci_client.use_credentials,
+            use=use_credentials,
             interval=config.registry_pull_secrets_interval,
         )
         # Read before the first admission, so a replica is never ready without them.
@@ -225,6 +317,9 @@ async def run(config: Config) -> None:
         gc.freeze()
 
     take_signals()
+    if periodic_audit is not None:
+        # Threads of its own: a cycle never takes a turn of the admission event loop.
+        periodic_audit[0].start()
     started = asyncio.Event()
     signals_task = loop.create_task(take_signals_back(started))
     freeze_task = loop.create_task(freeze_start_up_objects())
@@ -241,6 +336,9 @@ async def run(config: Config) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if periodic_audit is not None:
+            await asyncio.to_thread(periodic_audit[0].stop)
+            periodic_audit[1].close()
         await health.stop()
         await the_resolver.aclose()
         the_rollouts.close()

@@ -1,5 +1,6 @@
 """`digestguard serve` runs the webhook; `digestguard resolve IMAGE...` pins images by hand;
 `digestguard pin PATH...` pins the images of manifests in place.
+`digestguard audit` says whether what the cluster runs can still be pulled.
 
 Every `serve` flag has an environment variable: `--cache-ttl` is `DIGESTGUARD_CACHE_TTL`.
 """
@@ -7,6 +8,7 @@ Every `serve` flag has an environment variable: `--cache-ttl` is `DIGESTGUARD_CA
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -14,11 +16,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn
 
-from webhook import __version__, app, errors, logs
+from webhook import __version__, app, errors, logs, names
 from webhook.core import durations, outcomes, pinning, references, text
 from webhook.pin import command
 from webhook.registries import oneshot
 from webhook.registries.oci import dockerconfig
+from webhook.serving import audit, kubeapi
 
 logger = logging.getLogger("digestguard.cli")
 
@@ -118,6 +121,24 @@ SERVE_FLAGS: Final = (
         "open client connections, counted before TLS; more are reset as they are accepted",
     ),
     Flag("shutdown-delay", "3s", "how long to stay up, not ready, after SIGTERM before draining"),
+    Flag(
+        "audit-interval",
+        "0",
+        "how often the replica holding the audit Lease checks that the images running pods"
+        " use can still be pulled (0: no audit)",
+    ),
+    Flag(
+        "audit-lifecycle-preview",
+        "false",
+        "true: the audit also reads each ECR repository's lifecycle policy preview, and a"
+        " running image the policy would expire or archive now is 'expiring' (needs"
+        " ecr:StartLifecyclePolicyPreview and ecr:GetLifecyclePolicyPreview)",
+    ),
+    Flag(
+        "audit-lease-name",
+        names.AUDIT_LEASE_NAME,
+        "the Lease (in --namespace) whose holder runs the audit: one replica at a time",
+    ),
     Flag("log-level", "info", "debug, info, warning or error"),
 )
 
@@ -233,6 +254,42 @@ def _parser() -> argparse.ArgumentParser:
         )
     pin.add_argument("--timeout", default="30s", help="time budget for all lookups")
     pin.set_defaults(run=_pin)
+
+    audit_command = commands.add_parser(
+        "audit",
+        help="check that the images running pods use can still be pulled",
+        description="List the pods (kubeconfig, or the in-cluster service account) and ask"
+        " the registries about the digest each container runs and the tag it follows:"
+        " current, tag-moved, gone, archived or unknown. Exit 1 if an image is gone or"
+        f" archived, {EXIT_UNKNOWN} if the pods could not be listed, 0 otherwise.",
+    )
+    audit_command.add_argument(
+        "-n", "--namespace", default="", help="audit one namespace (default: all namespaces)"
+    )
+    audit_command.add_argument(
+        "-o", "--output", default="table", choices=("table", "json"), help="output format"
+    )
+    audit_command.add_argument(
+        "--kubeconfig", default="", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    for name in ("ecr-endpoint-url", "insecure-registries", "registry-ca-file"):
+        flag = next(f for f in SERVE_FLAGS if f.name == name)
+        audit_command.add_argument(
+            f"--{flag.name}",
+            default=os.environ.get(flag.env, flag.default),
+            help=f"{flag.help} [env {flag.env}]",
+        )
+    audit_command.add_argument(
+        "--timeout", default="60s", help="time budget for all registry lookups"
+    )
+    audit_command.add_argument(
+        "--lifecycle-preview",
+        action="store_true",
+        help="also read each ECR repository's lifecycle policy preview: a running image the"
+        " policy would expire or archive now is 'expiring' (needs"
+        " ecr:StartLifecyclePolicyPreview and ecr:GetLifecyclePolicyPreview)",
+    )
+    audit_command.set_defaults(run=_audit)
     return parser
 
 
@@ -285,11 +342,20 @@ def serve_config(options: argparse.Namespace) -> app.Config:
         max_deciding=_integer(options.max_deciding, "max-deciding", least=1),
         max_connections=_integer(options.max_connections, "max-connections", least=1),
         shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
+        audit_interval=_seconds(options.audit_interval, "audit-interval"),
+        audit_lease_name=options.audit_lease_name,
+        audit_lifecycle_preview=_boolean(
+            options.audit_lifecycle_preview, "audit-lifecycle-preview"
+        ),
     )
     if config.resolve_deadline <= 0:
         raise errors.ConfigurationError("--resolve-deadline must be above zero")
     if config.registry_pull_secrets_interval <= 0:
         raise errors.ConfigurationError("--registry-pull-secrets-interval must be above zero")
+    if 0 < config.audit_interval < 1:
+        raise errors.ConfigurationError("--audit-interval must be 0 (no audit) or at least 1s")
+    if config.audit_interval and not config.audit_lease_name:
+        raise errors.ConfigurationError("--audit-lease-name must not be empty")
     return config
 
 
@@ -369,11 +435,128 @@ def _pin(options: argparse.Namespace) -> int:
     return command.run(pin_options, sys.stdin, sys.stdout, sys.stderr)
 
 
+AUDIT_COLUMNS: Final = ("NAMESPACE", "OWNER", "CONTAINER", "IMAGE", "DIGEST", "STATE")
+
+
+def _audit(options: argparse.Namespace) -> int:
+    timeout = _seconds(options.timeout, "timeout")
+    if timeout <= 0:
+        raise errors.ConfigurationError("--timeout must be above zero")
+    plain_http = references.plain_http_hosts(_hosts(options.insecure_registries))
+    kubeapi.load_configuration_for_cli(options.kubeconfig or None)
+    calls = audit.CallCounter()
+    client, ecr_client, oci_client = app.registry_client(
+        ecr_endpoint_url=options.ecr_endpoint_url,
+        insecure_registries=plain_http,
+        registry_ca_file=options.registry_ca_file,
+        calls=calls,
+    )
+    auditor = audit.Auditor(
+        client,
+        calls,
+        pages=kubeapi.pod_pages,
+        plain_http=plain_http,
+        budget=timeout,
+        workers=2 * audit.WORKERS,
+        lifecycle=app.lifecycle_previewer(ecr_client) if options.lifecycle_preview else None,
+    )
+    try:
+        report = auditor.run(options.namespace or None)
+    except errors.KubernetesError as error:
+        print(f"digestguard: {error}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    finally:
+        oci_client.close()
+    if options.output == "json":
+        print(json.dumps(_audit_document(report), indent=2))
+    else:
+        _print_table(report)
+    for skipped in report.skipped[: audit.SKIPPED_LOGGED]:
+        where = f"{skipped.namespace}/{skipped.pod} {skipped.container}".strip()
+        print(f"digestguard: skipped {where}: {skipped.reason}", file=sys.stderr)
+    for problem in report.lifecycle_problems[: audit.SKIPPED_LOGGED]:
+        print(f"digestguard: lifecycle preview not read: {problem}", file=sys.stderr)
+    if report.skipped_count > audit.SKIPPED_LOGGED:
+        rest = report.skipped_count - audit.SKIPPED_LOGGED
+        print(f"digestguard: skipped {rest} more containers", file=sys.stderr)
+    return EXIT_MISSING if report.broken else 0
+
+
+def _audit_document(report: audit.Report) -> dict[str, Any]:
+    return {
+        "pods": report.pods,
+        "states": report.states(),
+        "registryCalls": dict(report.registry_calls),
+        "findings": [
+            {
+                "namespace": f.running.namespace,
+                "owner": {"kind": f.running.owner.kind, "name": f.running.owner.name},
+                "container": f.running.container,
+                "containerList": f.running.list_name,
+                "image": f.running.image,
+                "repository": str(f.running.repository),
+                "digest": f.running.digest,
+                "tag": f.running.tag,
+                "tagDigest": f.tag_digest,
+                "state": f.state.value,
+                "detail": f.detail,
+                "pods": f.pods,
+            }
+            for f in report.findings
+        ],
+        "skipped": [dataclasses.asdict(s) for s in report.skipped],
+        "skippedCount": report.skipped_count,
+        "lifecycleProblems": list(report.lifecycle_problems),
+    }
+
+
+def _print_table(report: audit.Report) -> None:
+    rows = [AUDIT_COLUMNS] + [
+        (
+            f.running.namespace,
+            str(f.running.owner),
+            f.running.container_label,
+            f.running.image,
+            f.running.digest,
+            f.state.value,
+        )
+        for f in report.findings
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(AUDIT_COLUMNS))]
+    for row in rows:
+        print(
+            "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    if not report.findings:
+        print(f"digestguard: no running images found in {report.pods} pods", file=sys.stderr)
+    unknown = [f for f in report.findings if f.state.value == "unknown"]
+    if unknown:
+        # Why the registry could not tell, once per reason: credentials, IAM, network.
+        reasons = list(dict.fromkeys(text.clipped(f.detail, 300) for f in unknown))
+        print(f"digestguard: {len(unknown)} running image(s) unknown:", file=sys.stderr)
+        for reason in reasons[:5]:
+            print(f"  {reason}", file=sys.stderr)
+    broken = len(report.broken)
+    if broken:
+        print(
+            f"digestguard: {broken} running image(s) cannot be pulled again"
+            f" ({', '.join(sorted({f.state.value for f in report.broken}))})",
+            file=sys.stderr,
+        )
+
+
 def _seconds(raw: str, flag: str) -> float:
     try:
         return durations.parse_seconds(raw)
     except errors.InvalidDuration as error:
         raise errors.ConfigurationError(f"--{flag}: {text.clipped(error, 120)}") from None
+
+
+def _boolean(raw: Any, flag: str) -> bool:
+    value = str(raw).strip().lower()
+    if value not in ("true", "false"):
+        raise errors.ConfigurationError(f"--{flag}: {_shown(raw)} is not true or false")
+    return value == "true"
 
 
 def _hosts(raw: str) -> tuple[str, ...]:
@@ -391,13 +574,6 @@ def _secret_names(raw: str, flag: str) -> tuple[str, ...]:
         if len(name) > 253 or not _SECRET_NAME.fullmatch(name):
             raise errors.ConfigurationError(f"--{flag}: {_shown(name)} is not a Secret name")
     return tuple(dict.fromkeys(found))
-
-
-def _boolean(raw: str, flag: str) -> bool:
-    value = str(raw).strip().lower()
-    if value not in ("true", "false"):
-        raise errors.ConfigurationError(f"--{flag}: {_shown(raw)} is not true or false")
-    return value == "true"
 
 
 def _integer(raw: Any, flag: str, *, least: int | None = None) -> int:

@@ -112,6 +112,51 @@ POLICIES_REJECTED: Final = prometheus_client.Gauge(
     registry=REGISTRY,
 )
 
+AUDIT_IMAGES: Final = prometheus_client.Gauge(
+    "digestguard_audit_images",
+    "Running images found by the last audit cycle, by namespace, owner kind (Deployment,"
+    " StatefulSet, DaemonSet, Job, Pod…) and state (current, tag-moved, gone, archived,"
+    " unknown, expiring). One per (owner, container, image, digest), however many pods run it.",
+    ["namespace", "owner_kind", "state"],
+    registry=REGISTRY,
+)
+AUDIT_CYCLES: Final = prometheus_client.Counter(
+    "digestguard_audit_cycles",
+    "Audit cycles run by this replica, by result (ok, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+AUDIT_CYCLE_SECONDS: Final = prometheus_client.Histogram(
+    "digestguard_audit_cycle_duration_seconds",
+    "Duration of an audit cycle: listing the pods, asking the registries, reporting.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300),
+    registry=REGISTRY,
+)
+AUDIT_REGISTRY_CALLS: Final = prometheus_client.Gauge(
+    "digestguard_audit_registry_calls",
+    "Registry requests made by the last audit cycle, by operation (BatchGetImage,"
+    " DescribeImages, GetManifest…), retries included.",
+    ["operation"],
+    registry=REGISTRY,
+)
+AUDIT_SKIPPED: Final = prometheus_client.Gauge(
+    "digestguard_audit_skipped_containers",
+    "Containers the last audit cycle could not place (an invalid image, an image ID that"
+    " names no digest of it); each reason is logged.",
+    registry=REGISTRY,
+)
+AUDIT_EVENTS: Final = prometheus_client.Counter(
+    "digestguard_audit_events",
+    "Warning Events posted by the audit on the owners of gone or archived images, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+AUDIT_LEADER: Final = prometheus_client.Gauge(
+    "digestguard_audit_leader",
+    "1 while this replica holds the audit Lease (only the holder audits), else 0.",
+    registry=REGISTRY,
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The current metrics in the text format, and its content type."""

@@ -67,3 +67,10 @@ REASON_STALE_DIGEST: Final = "StaleDigest"
 REASON_REVISION_KEPT: Final = "RevisionDigestKept"
 REASON_REVISION_DIGEST_GONE: Final = "RevisionDigestGone"
 REASON_REVISION_UNREAD: Final = "RevisionUnread"
+
+# Reasons of the running-image audit's Warning Events.
+REASON_RUNNING_IMAGE_GONE: Final = "RunningImageGone"
+REASON_RUNNING_IMAGE_ARCHIVED: Final = "RunningImageArchived"
+
+AUDIT_LEASE_NAME: Final = "digestguard-audit"
+"""The default name of the Lease whose holder runs the periodic audit."""

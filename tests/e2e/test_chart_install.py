@@ -843,6 +843,7 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
             assert cluster.wait_for_policy(api, default_policy)["status"] == "True"
 
             prove_pinning_and_refusal(api, release, ecr, private_ca, plain_http, default_policy)
+            prove_the_audit_runs_with_the_charts_rbac(api, release, webhook)
 
             if webhook_image is not None:
                 # `helm test`: its pod, from the same image, finds a ready replica behind
@@ -857,6 +858,28 @@ def test_the_installed_deployment_run_as_written_pins_pods_and_rejects_a_missing
         # SIGTERM, as the kubelet stops a pod: drained, and a clean exit.
         assert webhook.process is not None
         assert webhook.process.returncode == 0, webhook.log_tail()
+
+
+def prove_the_audit_runs_with_the_charts_rbac(
+    api: Any, release: Release, webhook: DeployedContainer
+) -> None:
+    """The audit is on by default: the replica takes its Lease and lists every pod with
+    the chart's RBAC, and a cycle ends."""
+    coordination = client.CoordinationV1Api(api)
+    lease = cluster.eventually(
+        "the audit Lease",
+        lambda: cluster.call(
+            coordination.read_namespaced_lease, f"{release.fullname}-audit", release.namespace
+        ).body.get("spec"),
+        30,
+    )
+    assert lease["holderIdentity"], "held by the replica (its host name and a suffix)"
+    assert webhook.flags["audit-interval"] == "10m"
+    cluster.eventually(
+        "an audit cycle", lambda: "audit cycle done" in webhook.log_tail(100_000), 60
+    )
+    assert "audit cycle failed" not in webhook.log_tail(100_000)
+    assert "cannot take or renew the audit Lease" not in webhook.log_tail(100_000)
 
 
 def prove_pinning_and_refusal(

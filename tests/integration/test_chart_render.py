@@ -418,6 +418,9 @@ def test_default_args_match_the_serve_contract(defaults: Rendered) -> None:
         "max-connections": "400",
         "max-body-bytes": "16777216",
         "shutdown-delay": "3s",
+        "audit-interval": "10m",
+        "audit-lease-name": f"{FULLNAME}-audit",
+        "audit-lifecycle-preview": "false",
         "log-level": "info",
     }
 
@@ -595,6 +598,8 @@ def test_cluster_role_reads_policies_and_namespaces_and_patches_only_its_own_web
         # One revision, one digest: list (never watch or get) pods; warn on owners.
         ("", "pods", (), ("list",)),
         ("", "events", (), ("create",)),
+        # The audit's Warning Events name a Deployment by uid: get (never list) them.
+        ("apps", "deployments", (), ("get",)),
         (
             admission,
             "mutatingwebhookconfigurations",
@@ -617,14 +622,22 @@ def test_role_reads_only_its_own_secret_in_its_own_namespace(defaults: Rendered)
         ("", "secrets", (f"{FULLNAME}-tls",), ("get", "patch")),
         # create cannot be limited by name; it does not allow reading.
         ("", "secrets", (), ("create",)),
+        # The audit Lease, by name; create cannot be limited by name.
+        ("coordination.k8s.io", "leases", (f"{FULLNAME}-audit",), ("get", "update")),
+        ("coordination.k8s.io", "leases", (), ("create",)),
     }
+
+
+def _secret_rules(role: dict[str, Any]) -> set[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """The rules of `role` on Secrets (the audit's Lease rules are checked on their own)."""
+    return {rule for rule in _rules(role) if rule[1] == "secrets"}
 
 
 def test_pull_secrets_are_read_by_name_only_with_get(helm: Path) -> None:
     rendered = render(helm, "private-registries.yaml")
     role = rendered.one("Role")
     assert role["metadata"]["namespace"] == NAMESPACE
-    assert _rules(role) == {
+    assert _secret_rules(role) == {
         ("", "secrets", (f"{FULLNAME}-tls",), ("get", "patch")),
         ("", "secrets", (), ("create",)),
         ("", "secrets", ("ghcr-readonly", "hub.creds"), ("get",)),
@@ -644,7 +657,7 @@ def test_with_mounted_certificates_the_role_holds_only_the_pull_secrets(
     helm: Path, values_file: str
 ) -> None:
     rendered = render(helm, values_file, "registries.pullSecrets={regcred}")
-    assert _rules(rendered.one("Role")) == {("", "secrets", ("regcred",), ("get",))}
+    assert _secret_rules(rendered.one("Role")) == {("", "secrets", ("regcred",), ("get",))}
     binding = rendered.one("RoleBinding")
     assert binding["roleRef"]["name"] == rendered.one("Role")["metadata"]["name"]
 
@@ -661,6 +674,19 @@ def test_pod_pull_secrets_add_get_on_secrets_and_service_accounts_only_when_on(
         "secrets",
         "serviceaccounts",
     }
+
+
+def test_without_the_audit_there_is_no_lease_and_no_deployment_right(helm: Path) -> None:
+    rendered = render(helm, "defaults.yaml", "audit.enabled=false")
+    assert rendered.flags["audit-interval"] == "0"
+    assert "audit-lease-name" not in rendered.flags
+    assert {rule[1] for rule in _rules(rendered.one("Role"))} == {"secrets"}
+    assert "deployments" not in {rule[1] for rule in _rules(rendered.one("ClusterRole"))}
+
+
+def test_the_audit_interval_and_lifecycle_preview_reach_the_pod(helm: Path) -> None:
+    flags = render(helm, "everything.yaml").flags
+    assert (flags["audit-interval"], flags["audit-lifecycle-preview"]) == ("5m", "true")
 
 
 def test_no_rule_uses_wildcards(helm: Path) -> None:
@@ -693,10 +719,20 @@ def test_mounted_certificates_need_no_secret_or_webhook_rights(
     helm: Path, values_file: str
 ) -> None:
     rendered = render(helm, values_file)
-    assert "Role" not in rendered.kinds()
-    assert "RoleBinding" not in rendered.kinds()
+    # The Role holds the audit Lease only: no Secret at all.
+    assert {rule[1] for rule in _rules(rendered.one("Role"))} == {"leases"}
     resources = {rule[1] for rule in _rules(rendered.one("ClusterRole"))}
-    assert resources == {names.PLURAL, f"{names.PLURAL}/status", "namespaces", "pods", "events"}
+    assert resources == {
+        names.PLURAL,
+        f"{names.PLURAL}/status",
+        "namespaces",
+        "pods",
+        "events",
+        "deployments",
+    }
+    without_audit = render(helm, values_file, "audit.enabled=false")
+    assert "Role" not in without_audit.kinds()
+    assert "RoleBinding" not in without_audit.kinds()
 
 
 # --------------------------------------------------------------------------

@@ -87,6 +87,13 @@ class StubConfig:
     """Repository name → extra DescribeRepositories fields (imageTagMutability, filters…)."""
     images: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
     """Repository name → tag (or digest, for untagged images) → [manifest, media type]."""
+    lifecycle_previews: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    """Repository name with a lifecycle policy → digest → the action type its preview
+    shows for that image (EXPIRE, TRANSITION). A repository not named has no policy."""
+    preview_polls_in_progress: int = 0
+    """GetLifecyclePolicyPreview answers IN_PROGRESS this many times after each start."""
+    previews_running: list[str] = dataclasses.field(default_factory=list)
+    """Repositories whose preview is in progress (a start there is refused)."""
 
 
 class EcrStub:
@@ -100,6 +107,7 @@ class EcrStub:
         self._release = threading.Event()
         self._server = _Server((host, port), _Handler, self)
         self._thread: threading.Thread | None = None
+        self._polls: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -199,6 +207,10 @@ class EcrStub:
                 return _describe_images(self.config, body)
             if operation == "DescribePullThroughCacheRules":
                 return _describe_pull_through_cache_rules(self.config, body)
+            if operation == "StartLifecyclePolicyPreview":
+                return _start_lifecycle_policy_preview(self.config, body, self._polls)
+            if operation == "GetLifecyclePolicyPreview":
+                return _get_lifecycle_policy_preview(self.config, body, self._polls)
         return _error("UnknownOperationException", f"the stub does not serve {operation}")
 
     def _control(self, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -460,6 +472,48 @@ def _describe_pull_through_cache_rules(
     if start + 2 < len(config.pull_through_rules):
         answer["nextToken"] = str(start + 2)
     return 200, answer
+
+
+def _start_lifecycle_policy_preview(
+    config: StubConfig, body: Mapping[str, Any], polls: dict[str, int]
+) -> tuple[int, dict[str, Any]]:
+    repository = str(body.get("repositoryName", ""))
+    if repository not in config.lifecycle_previews:
+        return _error(
+            "LifecyclePolicyNotFoundException",
+            f"Lifecycle policy does not exist for the repository with name '{repository}'",
+        )
+    if repository in config.previews_running:
+        return _error(
+            "LifecyclePolicyPreviewInProgressException",
+            "The previous lifecycle policy preview request has not completed",
+        )
+    polls[repository] = config.preview_polls_in_progress
+    return 200, {"repositoryName": repository, "status": "IN_PROGRESS"}
+
+
+def _get_lifecycle_policy_preview(
+    config: StubConfig, body: Mapping[str, Any], polls: dict[str, int]
+) -> tuple[int, dict[str, Any]]:
+    repository = str(body.get("repositoryName", ""))
+    if repository not in config.lifecycle_previews or repository not in polls:
+        return _error(
+            "LifecyclePolicyPreviewNotFoundException",
+            f"There is no lifecycle policy preview for the repository '{repository}'",
+        )
+    if polls[repository] > 0:
+        polls[repository] -= 1
+        return 200, {"repositoryName": repository, "status": "IN_PROGRESS", "previewResults": []}
+    wanted = [i.get("imageDigest") for i in body.get("imageIds") or []]
+    if len(wanted) > 100:
+        return _error("InvalidParameterException", "at most 100 imageIds")
+    actions = config.lifecycle_previews[repository]
+    results = [
+        {"imageDigest": digest, "action": {"type": actions[digest]}, "appliedRulePriority": 1}
+        for digest in wanted
+        if digest in actions
+    ]
+    return 200, {"repositoryName": repository, "status": "COMPLETE", "previewResults": results}
 
 
 def _describe_images(config: StubConfig, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -1092,3 +1092,28 @@ async def test_one_call_asks_with_one_scope(
 
 def test_the_scope_is_never_shown_in_a_query() -> None:
     assert str(scoped("v1", "team-a/regcred@7")) == str(tag("v1"))
+
+
+async def test_a_resolver_not_measured_leaves_the_cache_and_circuit_metrics_alone(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.images[tag("v1")] = found("v1")
+    entries = metrics.REGISTRY.get_sample_value(
+        "digestguard_cache_entries", {"cache": resolver.DIGESTS_CACHE}
+    )
+    misses = cache_lookups("miss")
+    unmeasured = resolver.Resolver(registry, clock=clock, measured=False)
+    try:
+        assert await resolve(unmeasured, clock, tag("v1"), tag("v2")) == {
+            tag("v1"): found("v1"),
+            tag("v2"): outcomes.Missing("ImageNotFound", f"{tag('v2')}: not found"),
+        }
+    finally:
+        await unmeasured.aclose()
+    assert cache_lookups("miss") == misses
+    assert (
+        metrics.REGISTRY.get_sample_value(
+            "digestguard_cache_entries", {"cache": resolver.DIGESTS_CACHE}
+        )
+        == entries
+    )

@@ -50,8 +50,10 @@ class Breaker:
         failures_to_open: int = FAILURES_TO_OPEN,
         cool_down: float = COOL_DOWN_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        measured: bool = True,
     ) -> None:
         self.endpoint = endpoint
+        self._measured = measured
         self._failures_to_open = failures_to_open
         self._cool_down = cool_down
         self._clock = clock
@@ -60,7 +62,8 @@ class Breaker:
         self._opened_at = 0.0
         self._last_problem = ""
         self._on_open: list[asyncio.Future[None]] = []
-        _report(endpoint, self._state)
+        if measured:
+            _report(endpoint, self._state)
 
     @property
     def state(self) -> State:
@@ -110,8 +113,9 @@ class Breaker:
             for future in waiting:
                 if not future.done():
                     future.set_result(None)
-        _report(self.endpoint, state)
-        metrics.REGISTRY_CIRCUIT_TRANSITIONS.labels(self.endpoint, state.value).inc()
+        if self._measured:
+            _report(self.endpoint, state)
+            metrics.REGISTRY_CIRCUIT_TRANSITIONS.labels(self.endpoint, state.value).inc()
         log = logger.warning if state is State.OPEN else logger.info
         log(
             f"registry circuit {state.value}",

@@ -111,6 +111,10 @@ BATCH_GET_IMAGE: Final = "BatchGetImage"
 DESCRIBE_REPOSITORIES: Final = "DescribeRepositories"
 DESCRIBE_IMAGES: Final = "DescribeImages"
 DESCRIBE_PULL_THROUGH_CACHE_RULES: Final = "DescribePullThroughCacheRules"
+START_LIFECYCLE_POLICY_PREVIEW: Final = "StartLifecyclePolicyPreview"
+GET_LIFECYCLE_POLICY_PREVIEW: Final = "GetLifecyclePolicyPreview"
+PREVIEW_POLL_SECONDS: Final = 1.0
+"""How often a lifecycle policy preview in progress is asked whether it completed."""
 RULES_TTL: Final = 600.0
 """Seconds a registry's pull-through cache rules (or the refusal to show them) are kept."""
 UPDATE_IMAGE_STORAGE_CLASS_CLI: Final = "aws ecr update-image-storage-class"
@@ -217,6 +221,8 @@ class EcrClient:
     `upstream` answers for the upstream registries of pull-through cache rules (the OCI
     client): a repository under a rule whose image ECR does not hold and this lookup
     could not import is never pinned; the upstream says whether the tag exists.
+    `on_request` is told the operation of every request sent, retries included (the
+    audit counts its calls per cycle with it).
     """
 
     def __init__(
@@ -228,8 +234,10 @@ class EcrClient:
         session: boto3.session.Session | None = None,
         max_pool_connections: int = 32,
         upstream: protocol.RegistryClient | None = None,
+        on_request: protocol.RequestObserver | None = None,
     ) -> None:
         self._endpoint_url = endpoint_url
+        self._on_request = on_request
         self._upstream = upstream
         self._rules: dict[tuple[str, str], tuple[float, tuple[PullThroughRule, ...]]] = {}
         self._connect_timeout = connect_timeout
@@ -458,6 +466,98 @@ class EcrClient:
                 )
         return results
 
+    def lifecycle_preview(
+        self,
+        repository: outcomes.Repository,
+        digests: Collection[references.Digest],
+        *,
+        timeout: float,
+    ) -> dict[references.Digest, str]:
+        """Which of `digests` the repository's lifecycle policy would act on now, with the
+        action (`EXPIRE`, or `TRANSITION` to the archive): a preview is started and read
+        (`ecr:StartLifecyclePolicyPreview`, `ecr:GetLifecyclePolicyPreview`), for these
+        images only. A repository without a lifecycle policy acts on none.
+
+        Raises `errors.RegistryError` when the preview cannot be read in time, or when
+        another preview is in progress (its policy text may be a draft, not the policy).
+        """
+        budget_end = time.monotonic() + timeout
+        registry = _ecr_registry(repository)
+        client = self._client(registry)
+        context = _context(START_LIFECYCLE_POLICY_PREVIEW, registry, repository)
+        try:
+            self._attempt(
+                START_LIFECYCLE_POLICY_PREVIEW,
+                lambda: client.start_lifecycle_policy_preview(
+                    registryId=registry.account, repositoryName=repository.name
+                ),
+                budget_end=budget_end,
+                context=context,
+            )
+        except errors.ErrorResponse as exc:
+            if exc.code == "LifecyclePolicyNotFoundException":
+                return {}
+            if exc.code == "LifecyclePolicyPreviewInProgressException":
+                raise errors.RegistryError(
+                    f"a lifecycle policy preview of {repository} is already in progress"
+                    " (perhaps of a draft policy): not read"
+                ) from exc
+            raise _registry_error(
+                exc, START_LIFECYCLE_POLICY_PREVIEW, registry, repository
+            ) from exc
+        wanted = sorted(set(digests))
+        acting: dict[references.Digest, str] = {}
+        for start in range(0, len(wanted), MAX_IMAGE_IDS):
+            chunk = wanted[start : start + MAX_IMAGE_IDS]
+            acting |= self._read_preview(client, registry, repository, chunk, budget_end)
+        return acting
+
+    def _read_preview(
+        self,
+        client: "ECRClient",
+        registry: references.EcrRegistry,
+        repository: outcomes.Repository,
+        digests: Sequence[references.Digest],
+        budget_end: float,
+    ) -> dict[references.Digest, str]:
+        context = _context(GET_LIFECYCLE_POLICY_PREVIEW, registry, repository)
+        image_ids: list[ImageIdentifierTypeDef] = [{"imageDigest": d} for d in digests]
+        while True:
+            try:
+                response = self._attempt(
+                    GET_LIFECYCLE_POLICY_PREVIEW,
+                    lambda: client.get_lifecycle_policy_preview(
+                        registryId=registry.account,
+                        repositoryName=repository.name,
+                        imageIds=image_ids,
+                    ),
+                    budget_end=budget_end,
+                    context=context,
+                )
+            except errors.ErrorResponse as exc:
+                raise _registry_error(
+                    exc, GET_LIFECYCLE_POLICY_PREVIEW, registry, repository
+                ) from exc
+            status = str(response.get("status", ""))
+            if status == "COMPLETE":
+                break
+            if status != "IN_PROGRESS":
+                raise errors.RegistryError(
+                    f"the lifecycle policy preview of {repository} ended {status or 'unknown'}"
+                )
+            if time.monotonic() + PREVIEW_POLL_SECONDS >= budget_end:
+                raise errors.DeadlineExceeded(
+                    f"the lifecycle policy preview of {repository} did not complete in time"
+                )
+            time.sleep(PREVIEW_POLL_SECONDS)
+        acting: dict[references.Digest, str] = {}
+        for result in response.get("previewResults", []):
+            digest = result.get("imageDigest")
+            action = (result.get("action") or {}).get("type")
+            if isinstance(digest, str) and digest in digests and isinstance(action, str):
+                acting[references.Digest(digest)] = action
+        return acting
+
     def mutability(
         self, repository: outcomes.Repository, *, timeout: float
     ) -> outcomes.MutabilityOutcome:
@@ -637,6 +737,8 @@ class EcrClient:
         """
 
         def attempt() -> _T:
+            if self._on_request is not None:
+                self._on_request(operation)
             try:
                 result = call()
             except botocore.exceptions.ClientError as exc:

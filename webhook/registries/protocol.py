@@ -5,8 +5,8 @@ Each client (ECR's `BatchGetImage`, the OCI distribution API) answers in the val
 """
 
 import json
-from collections.abc import Collection, Mapping
-from typing import Final, Protocol
+from collections.abc import Callable, Collection, Mapping
+from typing import Final, Protocol, TypeAlias
 
 from webhook.core import outcomes
 
@@ -19,6 +19,10 @@ ACCEPTED_MEDIA_TYPES: Final = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DO
 Docker schema 1, or to one platform of an index), and the digest of a converted manifest
 is not the one a kubelet pulls. With the index types accepted, a multi-arch image is
 pinned by its index digest."""
+
+
+RequestObserver: TypeAlias = Callable[[str], None]
+"""Told the operation name of every registry request a client sends (retries included)."""
 
 
 def declared_media_type(manifest: str | bytes) -> str:

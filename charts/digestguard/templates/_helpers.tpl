@@ -56,6 +56,11 @@ app.kubernetes.io/part-of: digestguard
 {{- end -}}
 
 {{/* The Secret the webhook serves from: its own (selfManaged) or a mounted one. */}}
+{{/* The Lease whose holder runs the running-image audit. */}}
+{{- define "digestguard.auditLeaseName" -}}
+{{- printf "%s-audit" (include "digestguard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "digestguard.tlsSecretName" -}}
 {{- $tls := .Values.tls -}}
 {{- if eq $tls.mode "selfManaged" -}}
@@ -250,6 +255,13 @@ matchExpressions:
 - --max-connections={{ int64 .Values.server.maxConnections }}
 - --max-body-bytes={{ int64 .Values.server.maxBodyBytes }}
 - --shutdown-delay={{ .Values.server.shutdownDelay }}
+{{- if .Values.audit.enabled }}
+- --audit-interval={{ .Values.audit.interval }}
+- --audit-lease-name={{ include "digestguard.auditLeaseName" . }}
+- --audit-lifecycle-preview={{ .Values.audit.lifecyclePreview }}
+{{- else }}
+- --audit-interval=0
+{{- end }}
 {{- with .Values.registries.insecure }}
 - --insecure-registries={{ join "," . }}
 {{- end }}

@@ -126,7 +126,9 @@ class OciClient:
         max_idle_connections: int = 32,
         clock: Callable[[], float] = time.monotonic,
         credentials: dockerconfig.Credentials | None = None,
+        on_request: protocol.RequestObserver | None = None,
     ) -> None:
+        self._on_request = on_request
         self._insecure = frozenset(_insecure_entry(entry) for entry in insecure_registries)
         self._transport = transport.Transport(
             ca_file=ca_file,
@@ -312,6 +314,8 @@ class OciClient:
         method = "HEAD" if operation == HEAD_MANIFEST else "GET"
 
         def attempt() -> transport.Response:
+            if self._on_request is not None:
+                self._on_request(GET_MANIFEST)
             try:
                 response = self._get_manifest(
                     repository, reference, budget_end, method=method, scope=scope
