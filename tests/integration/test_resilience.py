@@ -273,10 +273,11 @@ async def test_kopf_keeps_no_memory_per_updated_pod(
         assert all(a["response"]["allowed"] for a in answers)
         assert all(pinned_images(a) for a in answers), "each UPDATE was really decided"
         kept = len(list(memories.iter_all_memories())) - before
-        # Namespaces and policies other tests create on the shared control plane may be
-        # noticed meanwhile: a few memories, against one per update (2,000) when it leaks.
+        # Namespaces and policies other tests create and delete on the shared control
+        # plane may be noticed or forgotten meanwhile: a few memories either way, against
+        # one per update (2,000) when it leaks.
         expected = kept_per_update * len(updates)
-        assert expected <= kept <= expected + 20
+        assert expected - 20 <= kept <= expected + 20
 
 
 async def test_a_policy_is_parsed_off_the_event_loop_once_per_generation(
