@@ -261,22 +261,10 @@ def owner_of(metadata: Mapping[str, Any]) -> tuple[Owner, Owner | None]:
 
 
 def _controller(metadata: Mapping[str, Any]) -> Owner | None:
-    owners = metadata.get("ownerReferences")
-    if not isinstance(owners, list):
+    owner = revisions.controller_of(metadata)
+    if owner is None:
         return None
-    for owner in owners:
-        if not isinstance(owner, Mapping) or owner.get("controller") is not True:
-            continue
-        kind, name = owner.get("kind"), owner.get("name")
-        api_version = owner.get("apiVersion")
-        if isinstance(kind, str) and kind and isinstance(name, str) and name:
-            return Owner(
-                kind,
-                name,
-                api_version if isinstance(api_version, str) else "",
-                str(owner.get("uid") or ""),
-            )
-    return None
+    return Owner(owner.kind, owner.name, owner.api_version, owner.uid)
 
 
 def queries(running: Iterable[Running]) -> set[outcomes.Query]:

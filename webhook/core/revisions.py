@@ -91,18 +91,41 @@ def of(pod: Mapping[str, Any], namespace: str) -> Revision | None:
     return None
 
 
-def _controller(metadata: Mapping[str, Any]) -> tuple[str, str, str] | None:
+@dataclasses.dataclass(frozen=True)
+class Controller:
+    """The owner reference marked `controller: true` of an object."""
+
+    kind: str
+    name: str
+    api_version: str
+    uid: str
+
+
+def controller_of(metadata: Mapping[str, Any]) -> Controller | None:
+    """The controlling owner named in `metadata`, when it names one with a kind and name."""
     owners = metadata.get("ownerReferences")
     if not isinstance(owners, list):
         return None
     for owner in owners:
         if not isinstance(owner, Mapping) or owner.get("controller") is not True:
             continue
-        kind, name, uid = owner.get("kind"), owner.get("name"), owner.get("uid")
-        if isinstance(kind, str) and kind in _API_GROUPS and isinstance(name, str) and uid:
-            return kind, name, str(uid)
-        return None
+        kind, name, api_version = owner.get("kind"), owner.get("name"), owner.get("apiVersion")
+        if isinstance(kind, str) and kind and isinstance(name, str) and name:
+            return Controller(
+                kind,
+                name,
+                api_version if isinstance(api_version, str) else "",
+                str(owner.get("uid") or ""),
+            )
     return None
+
+
+def _controller(metadata: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(kind, name, uid) of a controller that makes revisions of pods."""
+    owner = controller_of(metadata)
+    if owner is None or owner.kind not in _API_GROUPS or not owner.uid:
+        return None
+    return owner.kind, owner.name, owner.uid
 
 
 def digests_in_use(
