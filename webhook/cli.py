@@ -191,13 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     resolve.add_argument("images", nargs="+", metavar="IMAGE")
     resolve.add_argument("--drop-tag", action="store_true", help="print repo@sha256:… only")
-    for name in ("ecr-endpoint-url", "insecure-registries", "registry-ca-file"):
-        flag = next(f for f in SERVE_FLAGS if f.name == name)
-        resolve.add_argument(
-            f"--{flag.name}",
-            default=os.environ.get(flag.env, flag.default),
-            help=f"{flag.help} [env {flag.env}]",
-        )
+    _add_registry_flags(resolve)
     resolve.add_argument("--timeout", default="10s", help="time budget for all lookups")
     resolve.set_defaults(run=_resolve)
 
@@ -245,13 +239,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run as a KRM function: a ResourceList on standard input, results on output",
     )
-    for name in ("ecr-endpoint-url", "insecure-registries", "registry-ca-file"):
-        flag = next(f for f in SERVE_FLAGS if f.name == name)
-        pin.add_argument(
-            f"--{flag.name}",
-            default=os.environ.get(flag.env, flag.default),
-            help=f"{flag.help} [env {flag.env}]",
-        )
+    _add_registry_flags(pin)
     pin.add_argument("--timeout", default="30s", help="time budget for all lookups")
     pin.set_defaults(run=_pin)
 
@@ -272,13 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_command.add_argument(
         "--kubeconfig", default="", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
     )
-    for name in ("ecr-endpoint-url", "insecure-registries", "registry-ca-file"):
-        flag = next(f for f in SERVE_FLAGS if f.name == name)
-        audit_command.add_argument(
-            f"--{flag.name}",
-            default=os.environ.get(flag.env, flag.default),
-            help=f"{flag.help} [env {flag.env}]",
-        )
+    _add_registry_flags(audit_command)
     audit_command.add_argument(
         "--timeout", default="60s", help="time budget for all registry lookups"
     )
@@ -291,6 +273,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit_command.set_defaults(run=_audit)
     return parser
+
+
+def _add_registry_flags(command: argparse.ArgumentParser) -> None:
+    """The serve flags that say how registries are reached, for a one-shot command."""
+    for name in ("ecr-endpoint-url", "insecure-registries", "registry-ca-file"):
+        flag = next(f for f in SERVE_FLAGS if f.name == name)
+        command.add_argument(
+            f"--{flag.name}",
+            default=os.environ.get(flag.env, flag.default),
+            help=f"{flag.help} [env {flag.env}]",
+        )
 
 
 def serve_config(options: argparse.Namespace) -> app.Config:
