@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from kubernetes import client
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.e2e
 ECR_IMAGES = ["*.dkr.ecr.*.amazonaws.com/**"]
 CACHE_TTL = 1.0
 """The webhooks' cache TTL here: a moved tag is seen after it."""
+ARGUMENTS = ["--cache-ttl", f"{CACHE_TTL}s"]
 
 
 def repository() -> str:
@@ -113,6 +114,36 @@ def template_hash(pod: dict[str, Any]) -> str:
     return str(pod["metadata"]["labels"].get("pod-template-hash", ""))
 
 
+class Scene(NamedTuple):
+    webhook: cluster.LocalWebhook
+    namespace: str
+    repo: str
+    first: str
+    """The digest `v1` points to at first."""
+    image: str
+    """`repo:v1`, as the workloads write it."""
+
+
+@pytest.fixture
+def set_up(
+    start_webhook: Any, make_namespace: Any, make_policy: Any, ecr: Any
+) -> Callable[..., Scene]:
+    """`set_up(**policy_fields)`: a webhook with a short cache TTL, a namespace it sees, a
+    Mutate policy there (with those fields) and an image pushed as `v1`."""
+
+    def make(**policy: Any) -> Scene:
+        webhook = start_webhook(extra_args=ARGUMENTS)
+        namespace = make_namespace(webhook)
+        make_policy(
+            {"images": ECR_IMAGES, "namespaceSelector": cluster.only_in(namespace), **policy}
+        )
+        repo = repository()
+        first = ecr.push(repo, "v1")
+        return Scene(webhook, namespace, repo, first, ecr.image(repo, "v1"))
+
+    return make
+
+
 @pytest.fixture
 def core(kube: Any) -> client.CoreV1Api:
     return client.CoreV1Api(kube)
@@ -150,19 +181,12 @@ def a_bare_pod_is_pinned_to(core: client.CoreV1Api, namespace: str, image: str) 
 
 
 def test_a_replicaset_scaled_up_after_its_tag_moved_stays_on_one_digest_and_a_restart_moves_it(
-    start_webhook: Any,
     ecr: Any,
     core: client.CoreV1Api,
     apps: client.AppsV1Api,
-    make_namespace: Any,
-    make_policy: Any,
+    set_up: Callable[..., Scene],
 ) -> None:
-    webhook = start_webhook(extra_args=["--cache-ttl", f"{CACHE_TTL}s"])
-    namespace = make_namespace(webhook)
-    make_policy({"images": ECR_IMAGES, "namespaceSelector": cluster.only_in(namespace)})
-    repo = repository()
-    first = ecr.push(repo, "v1")
-    image = ecr.image(repo, "v1")
+    webhook, namespace, repo, first, image = set_up()
     made = cluster.call(apps.create_namespaced_deployment, namespace, deployment("web", image, 3))
     assert made.status == 201, made.body
     assert digests(wait_for_pods(core, namespace, "web", 3)) == {first}
@@ -196,16 +220,9 @@ def test_a_second_webhook_process_pins_a_revisions_new_pods_to_what_the_first_pi
     ecr: Any,
     core: client.CoreV1Api,
     apps: client.AppsV1Api,
-    make_namespace: Any,
-    make_policy: Any,
+    set_up: Callable[..., Scene],
 ) -> None:
-    arguments = ["--cache-ttl", f"{CACHE_TTL}s"]
-    first_webhook = start_webhook(extra_args=arguments)
-    namespace = make_namespace(first_webhook)
-    make_policy({"images": ECR_IMAGES, "namespaceSelector": cluster.only_in(namespace)})
-    repo = repository()
-    first = ecr.push(repo, "v1")
-    image = ecr.image(repo, "v1")
+    first_webhook, namespace, repo, first, image = set_up()
     made = cluster.call(apps.create_namespaced_deployment, namespace, deployment("web", image, 2))
     assert made.status == 201, made.body
     assert digests(wait_for_pods(core, namespace, "web", 2)) == {first}
@@ -213,7 +230,7 @@ def test_a_second_webhook_process_pins_a_revisions_new_pods_to_what_the_first_pi
 
     # The same release's configurations, now pointed at a process that never saw the
     # revision: it reads what the revision's pods run from the apiserver.
-    second_webhook = start_webhook(release=first_webhook.release, extra_args=arguments)
+    second_webhook = start_webhook(release=first_webhook.release, extra_args=ARGUMENTS)
     assert a_bare_pod_is_pinned_to(core, namespace, image) == moved
     scaled = cluster.call(
         apps.patch_namespaced_deployment_scale, "web", namespace, {"spec": {"replicas": 4}}
@@ -225,19 +242,12 @@ def test_a_second_webhook_process_pins_a_revisions_new_pods_to_what_the_first_pi
 
 
 def test_a_statefulset_scaled_up_after_its_tag_moved_stays_on_its_revisions_digest(
-    start_webhook: Any,
     ecr: Any,
     core: client.CoreV1Api,
     apps: client.AppsV1Api,
-    make_namespace: Any,
-    make_policy: Any,
+    set_up: Callable[..., Scene],
 ) -> None:
-    webhook = start_webhook(extra_args=["--cache-ttl", f"{CACHE_TTL}s"])
-    namespace = make_namespace(webhook)
-    make_policy({"images": ECR_IMAGES, "namespaceSelector": cluster.only_in(namespace)})
-    repo = repository()
-    first = ecr.push(repo, "v1")
-    image = ecr.image(repo, "v1")
+    _, namespace, repo, first, image = set_up()
     made = cluster.call(apps.create_namespaced_stateful_set, namespace, statefulset("db", image, 2))
     assert made.status == 201, made.body
     assert digests(wait_for_pods(core, namespace, "db", 2)) == {first}
@@ -257,19 +267,12 @@ def test_a_statefulset_scaled_up_after_its_tag_moved_stays_on_its_revisions_dige
 
 
 def test_a_job_whose_parallelism_grows_after_its_tag_moved_stays_on_one_digest(
-    start_webhook: Any,
     ecr: Any,
     core: client.CoreV1Api,
     kube: Any,
-    make_namespace: Any,
-    make_policy: Any,
+    set_up: Callable[..., Scene],
 ) -> None:
-    webhook = start_webhook(extra_args=["--cache-ttl", f"{CACHE_TTL}s"])
-    namespace = make_namespace(webhook)
-    make_policy({"images": ECR_IMAGES, "namespaceSelector": cluster.only_in(namespace)})
-    repo = repository()
-    first = ecr.push(repo, "v1")
-    image = ecr.image(repo, "v1")
+    _, namespace, repo, first, image = set_up()
     batch = client.BatchV1Api(kube)
     made = cluster.call(batch.create_namespaced_job, namespace, job("migrate", image, 1))
     assert made.status == 201, made.body
@@ -286,21 +289,13 @@ def test_a_job_whose_parallelism_grows_after_its_tag_moved_stays_on_one_digest(
 
 
 def test_a_revision_whose_digest_is_gone_pins_its_next_pod_afresh_and_warns_on_the_owner(
-    start_webhook: Any,
     ecr: Any,
     core: client.CoreV1Api,
     apps: client.AppsV1Api,
-    make_namespace: Any,
-    make_policy: Any,
+    set_up: Callable[..., Scene],
 ) -> None:
-    webhook = start_webhook(extra_args=["--cache-ttl", f"{CACHE_TTL}s"])
-    namespace = make_namespace(webhook)
-    make_policy({"images": ECR_IMAGES, "namespaceSelector": cluster.only_in(namespace)})
-    repo = repository()
-    first = ecr.push(repo, "v1")
-    made = cluster.call(
-        apps.create_namespaced_deployment, namespace, deployment("web", ecr.image(repo, "v1"), 1)
-    )
+    webhook, namespace, repo, first, image = set_up()
+    made = cluster.call(apps.create_namespaced_deployment, namespace, deployment("web", image, 1))
     assert made.status == 201, made.body
     (running,) = wait_for_pods(core, namespace, "web", 1)
     assert digests([running]) == {first}
@@ -336,23 +331,13 @@ def test_a_revision_whose_digest_is_gone_pins_its_next_pod_afresh_and_warns_on_t
 
 
 def test_pin_scope_pod_pins_a_revisions_new_pods_to_the_tags_digest_now(
-    start_webhook: Any,
     ecr: Any,
     core: client.CoreV1Api,
     apps: client.AppsV1Api,
-    make_namespace: Any,
-    make_policy: Any,
+    set_up: Callable[..., Scene],
 ) -> None:
-    webhook = start_webhook(extra_args=["--cache-ttl", f"{CACHE_TTL}s"])
-    namespace = make_namespace(webhook)
-    make_policy(
-        {"images": ECR_IMAGES, "namespaceSelector": cluster.only_in(namespace), "pinScope": "Pod"}
-    )
-    repo = repository()
-    first = ecr.push(repo, "v1")
-    made = cluster.call(
-        apps.create_namespaced_deployment, namespace, deployment("web", ecr.image(repo, "v1"), 1)
-    )
+    _, namespace, repo, first, image = set_up(pinScope="Pod")
+    made = cluster.call(apps.create_namespaced_deployment, namespace, deployment("web", image, 1))
     assert made.status == 201, made.body
     assert digests(wait_for_pods(core, namespace, "web", 1)) == {first}
 
