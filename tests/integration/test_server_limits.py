@@ -12,6 +12,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -178,6 +179,42 @@ async def test_a_refused_admission_is_counted() -> None:
     assert after == before + 1
 
 
+def _raw_post(body: bytes, *, split: bool = False) -> list[bytes]:
+    """An HTTP/1.1 POST of `body` as Go's client sends it: in one write, or (`split`)
+    its head first and its body in a second write."""
+    head = (
+        f"POST /{names.MUTATE_PODS}?timeout=10s HTTP/1.1\r\nHost: webhook\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Accept-Encoding: gzip\r\n\r\n"
+    ).encode()
+    return [head, body] if split else [head + body]
+
+
+def _exchange(sock: socket.socket, writes: list[bytes]) -> tuple[int, dict[str, str], Any]:
+    """Send one request (as `writes`) on `sock` and read its whole answer."""
+    sock.settimeout(60)
+    for index, chunk in enumerate(writes):
+        if index:
+            time.sleep(0.05)  # the head alone reaches the server first
+        sock.sendall(chunk)
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += more()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(rest) < int(headers["content-length"]):
+        rest += more()
+    return int(status_line.split()[1]), headers, json.loads(rest)
+
+
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
@@ -300,6 +337,26 @@ async def test_a_request_that_does_not_arrive_in_time_is_cut_off(sent: bytes) ->
         assert closed
         assert fn.entered == 0
     assert counter("digestguard_connections_timed_out_total") == before + 1
+
+
+async def test_a_connection_kept_alive_after_a_refusal_is_not_cut_off() -> None:
+    # A refusal answers without reading the body; the request is over all the same,
+    # and the connection idle, not a request that is late.
+    before = counter("digestguard_connections_timed_out_total")
+    async with serving(request_read_timeout=0.5) as (_, fn, admission_server):
+        fn.release.set()
+        port = admission_server.bound_port
+        assert port is not None
+        body = json.dumps(review()).encode()
+        refused = _raw_post(body)[0].replace(b"application/json", b"text/plain")
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            status, _, _ = await asyncio.to_thread(_exchange, sock, [refused])
+            assert status == 415
+            await asyncio.sleep(1.0)  # twice the read timeout, idle
+            status, _, answer = await asyncio.to_thread(_exchange, sock, _raw_post(body))
+        assert status == 200
+        assert answer["response"]["allowed"] is True
+    assert counter("digestguard_connections_timed_out_total") == before
 
 
 async def test_a_body_that_never_finishes_is_cut_off() -> None:
