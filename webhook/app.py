@@ -69,6 +69,7 @@ class Config:
     max_inflight: int = server.DEFAULT_MAX_INFLIGHT
     max_deciding: int = server.DEFAULT_MAX_DECIDING
     max_connections: int = server.DEFAULT_MAX_CONNECTIONS
+    shed_lag: float = server.DEFAULT_SHED_LAG
     shutdown_delay: float = 3.0
     audit_interval: float = 0.0
     """Seconds between running-image audits by the Lease holder; 0: no audit."""
@@ -246,6 +247,7 @@ async def run(config: Config) -> None:
         max_deciding=config.max_deciding,
         waiting_on_registry=lambda: the_admission.waiting_on_registry,
         max_connections=config.max_connections,
+        shed_lag=config.shed_lag,
     )
     tls: secret.SelfManagedTLS | None = None
     if config.tls_mode == "self-managed":

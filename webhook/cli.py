@@ -120,6 +120,12 @@ SERVE_FLAGS: Final = (
         "400",
         "open client connections, counted before TLS; more are reset as they are accepted",
     ),
+    Flag(
+        "shed-lag",
+        "5ms",
+        "how far the event loop may lag behind, for 200 ms in a row, before new admissions"
+        " are refused at once with HTTP 429 (0: never shed)",
+    ),
     Flag("shutdown-delay", "3s", "how long to stay up, not ready, after SIGTERM before draining"),
     Flag(
         "audit-interval",
@@ -334,6 +340,7 @@ def serve_config(options: argparse.Namespace) -> app.Config:
         max_inflight=_integer(options.max_inflight, "max-inflight", least=1),
         max_deciding=_integer(options.max_deciding, "max-deciding", least=1),
         max_connections=_integer(options.max_connections, "max-connections", least=1),
+        shed_lag=_seconds(options.shed_lag, "shed-lag"),
         shutdown_delay=_seconds(options.shutdown_delay, "shutdown-delay"),
         audit_interval=_seconds(options.audit_interval, "audit-interval"),
         audit_lease_name=options.audit_lease_name,

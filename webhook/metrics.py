@@ -30,6 +30,16 @@ ADMISSIONS_REFUSED: Final = prometheus_client.Counter(
     ["reason"],
     registry=REGISTRY,
 )
+LOOP_LAG: Final = prometheus_client.Gauge(
+    "digestguard_event_loop_lag_seconds",
+    "How late the admission server's event loop ran at its last measurement.",
+    registry=REGISTRY,
+)
+SHEDDING: Final = prometheus_client.Gauge(
+    "digestguard_shedding",
+    "1 while admissions are refused because the event loop has lagged behind for a while.",
+    registry=REGISTRY,
+)
 CONNECTIONS: Final = prometheus_client.Gauge(
     "digestguard_connections",
     "Client connections open on the admission server.",

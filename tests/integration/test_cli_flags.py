@@ -92,7 +92,7 @@ def test_every_flag_reaches_the_one_config_object() -> None:
         *("--mutability-cache-ttl", "1m", "--cache-max-entries", "10", "--registry-workers", "4"),
         *("--ecr-endpoint-url", "http://127.0.0.1:1", "--insecure-registries", "reg:80, r2:5000"),
         *("--max-body-bytes", "4096", "--max-inflight", "7", "--max-connections", "9"),
-        *("--max-deciding", "5"),
+        *("--max-deciding", "5", "--shed-lag", "20ms"),
         *("--registry-pull-secrets", "regcred, hub.creds,regcred"),
         *("--registry-pull-secrets-interval", "10s", "--pod-pull-secrets", "True"),
         *(
@@ -129,6 +129,7 @@ def test_every_flag_reaches_the_one_config_object() -> None:
         max_inflight=7,
         max_deciding=5,
         max_connections=9,
+        shed_lag=0.02,
         shutdown_delay=0.0,
     )
 

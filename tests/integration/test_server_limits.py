@@ -75,6 +75,8 @@ Served = tuple[str, HeldFn, server.AdmissionServer]
 @contextlib.asynccontextmanager
 async def serving(tls: cluster.LoopbackTLS | None = None, **limits: Any) -> AsyncIterator[Served]:
     fn = HeldFn()
+    # The client shares this event loop: its own work would read as the server's lag.
+    limits.setdefault("shed_lag", 0)
     admission_server = server.AdmissionServer(
         address="127.0.0.1",
         port=0,
@@ -179,6 +181,42 @@ async def test_a_refused_admission_is_counted() -> None:
     assert after == before + 1
 
 
+async def test_a_loop_that_keeps_lagging_sheds_admissions_until_it_catches_up() -> None:
+    async with (
+        serving(shed_lag=server.DEFAULT_SHED_LAG) as (url, fn, admission_server),
+        aiohttp.ClientSession() as session,
+    ):
+        fn.release.set()
+        assert (await post(session, f"{url}/{names.MUTATE_PODS}"))[0] == 200
+        before = counter("digestguard_admissions_refused_total", {"reason": "overloaded"})
+        # The loop is kept busy 20 ms at a time, as a saturated core keeps it.
+        busy = True
+
+        async def hog() -> None:
+            while busy:
+                deadline = time.process_time() + 0.02
+                while time.process_time() < deadline:
+                    pass
+                await asyncio.sleep(0)
+
+        hogging = asyncio.create_task(hog())
+        try:
+            await until(lambda: admission_server.shedding)
+            status, answer, response = await post(session, f"{url}/{names.MUTATE_PODS}")
+        finally:
+            busy = False
+            await hogging
+        assert status == 429
+        assert answer["kind"] == "AdmissionReview"
+        assert "event loop has lagged behind" in answer["response"]["status"]["message"]
+        assert response.headers["Retry-After"] == "1"
+        assert counter("digestguard_admissions_refused_total", {"reason": "overloaded"}) > before
+        assert counter("digestguard_shedding") == 1
+        # Caught up, it serves again.
+        await until(lambda: counter("digestguard_shedding") == 0)
+        assert (await post(session, f"{url}/{names.MUTATE_PODS}"))[0] == 200
+
+
 def _raw_post(body: bytes, *, split: bool = False) -> list[bytes]:
     """An HTTP/1.1 POST of `body` as Go's client sends it: in one write, or (`split`)
     its head first and its body in a second write."""
@@ -213,6 +251,70 @@ def _exchange(sock: socket.socket, writes: list[bytes]) -> tuple[int, dict[str, 
     while len(rest) < int(headers["content-length"]):
         rest += more()
     return int(status_line.split()[1]), headers, json.loads(rest)
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["http", "https"])
+async def test_shed_admissions_are_refused_and_the_connection_kept(
+    tmp_path: Path, secured: bool
+) -> None:
+    tls = cluster.loopback_tls(tmp_path) if secured else None
+    async with serving(tls) as (_, fn, admission_server):
+        fn.release.set()
+        port = admission_server.bound_port
+        assert port is not None
+        raw = socket.create_connection(("127.0.0.1", port))
+        sock = raw
+        if tls is not None:  # the handshake needs the server's loop: in a thread
+            context = ssl.create_default_context(cafile=str(tls.ca_file))
+            sock = await asyncio.to_thread(context.wrap_socket, raw, server_hostname="localhost")
+        body = json.dumps(review()).encode()
+        before = counter("digestguard_admissions_refused_total", {"reason": "overloaded"})
+        with sock:
+            admission_server.shedding = True
+            # Whole in one write: refused before aiohttp sees it; in two: by the handler.
+            for split in (False, True):
+                status, headers, answer = await asyncio.to_thread(
+                    _exchange, sock, _raw_post(body, split=split)
+                )
+                assert status == 429
+                assert headers["retry-after"] == "1"
+                assert answer["kind"] == "AdmissionReview"
+                assert answer["response"]["allowed"] is False
+                assert "overloaded" in answer["response"]["status"]["message"]
+            assert fn.entered == 0
+            # No longer shedding, the same connection is served as before.
+            admission_server.shedding = False
+            status, _, answer = await asyncio.to_thread(_exchange, sock, _raw_post(body))
+            assert status == 200
+            assert answer["response"]["allowed"] is True
+            assert fn.entered == 1
+        after = counter("digestguard_admissions_refused_total", {"reason": "overloaded"})
+        assert after == before + 2
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /mutate-pods HTTP/1.1\r\nHost: w\r\n\r\n",
+        b"POST /mutate-pods HTTP/1.1\r\nHost: w\r\nContent-Length: 5\r\n\r\nab",
+        b"POST /mutate-pods HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\n\r\nabcd",
+        b"POST /mutate-pods HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /mutate-pods HTTP/1.1\r\nHost: w\r\n\r\n",
+        b"POST /mutate-pods HTTP/1.1\r\nHost: w\r\nContent-Length: 2",
+    ],
+    ids=["get", "short", "two-requests", "chunked", "no-length", "no-end-of-head"],
+)
+def test_only_one_whole_post_is_answered_without_aiohttp(request_bytes: bytes) -> None:
+    assert not server._whole_request(request_bytes)
+
+
+def test_a_whole_post_is_recognised_however_its_headers_are_spelled() -> None:
+    body = b'{"a": 1}'
+    request = (
+        b"POST /mutate-pods?timeout=10s HTTP/1.1\r\nHost: w\r\n"
+        b"CONTENT-LENGTH:\t8 \r\nContent-Type: application/json\r\n\r\n" + body
+    )
+    assert server._whole_request(request)
 
 
 @pytest.mark.parametrize(

@@ -254,6 +254,7 @@ matchExpressions:
 - --max-deciding={{ int64 .Values.server.maxDeciding }}
 - --max-connections={{ int64 .Values.server.maxConnections }}
 - --max-body-bytes={{ int64 .Values.server.maxBodyBytes }}
+- --shed-lag={{ .Values.server.shedLag }}
 - --shutdown-delay={{ .Values.server.shutdownDelay }}
 {{- if .Values.audit.enabled }}
 - --audit-interval={{ .Values.audit.interval }}
