@@ -53,6 +53,7 @@ def render(documents: dict[str, dict[str, Any]]) -> str:
         ("overload", _overload),
         ("hostile", _hostile),
         ("registry", _registry),
+        ("profile", _profile),
         ("breakdown", _breakdown),
     ):
         if name in documents:
@@ -999,6 +1000,37 @@ def _registry(document: dict[str, Any]) -> str:
                 ],
                 rows,
             ),
+        ]
+    )
+
+
+def _profile(document: dict[str, Any]) -> str:
+    runs = document["results"]["runs"]
+    layers: list[str] = []
+    for run in runs:
+        layers += [layer for layer in run.get("own_share_by_layer", {}) if layer not in layers]
+    rows = [
+        (
+            layer,
+            *(
+                f"{run['own_share_by_layer'].get(layer, 0):.1%}"
+                f" ({run['own_share_by_layer'].get(layer, 0) * run['cpu_us_per_request']:.0f} µs)"
+                for run in runs
+            ),
+        )
+        for layer in layers
+    ]
+    header = ["layer (innermost frame)"] + [
+        f"{run['rate']}/s: {run['cpu_us_per_request']} µs, p99 {run['p99_ms']} ms" for run in runs
+    ]
+    return "\n".join(
+        [
+            "## Where a warm admission's CPU goes in the user's setup (py-spy)\n",
+            "`python -m bench.run profile`: the `registry` setup over HTTPS, py-spy sampling the"
+            " webhook 250 times a second without pausing it; each busy sample is charged to the"
+            " layer of its innermost frame (samples waiting in `epoll_wait` are idle and left"
+            " out). µs are the share times the CPU per request measured from `/proc`.\n",
+            _table(header, rows),
         ]
     )
 

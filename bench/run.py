@@ -28,6 +28,7 @@ import os
 import shlex
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -1467,6 +1468,59 @@ def registry(ctx: Context) -> dict[str, Any]:
     return results
 
 
+PROFILE_RATES = [500, 800]
+PROFILE_SECONDS = 20
+
+
+def profile(ctx: Context) -> dict[str, Any]:
+    """The registry setup over HTTPS at 500/s and 800/s, the webhook sampled by py-spy:
+    the share of its CPU in each layer (kopf, aiohttp, TLS, the event loop, ours)."""
+    from bench import profile as sampling
+    from tests.support import oci_registry
+
+    duration = ctx.seconds(PROFILE_SECONDS, 5)
+    results: dict[str, Any] = {"duration_s": duration, "images": 3, "runs": []}
+    with oci_registry.running_registry(secured=True) as held:
+        images = []
+        for index in range(3):
+            held.push_image(f"bench/app{index}", "v1", seed=f"profile-{index}")
+            images.append(held.image(f"bench/app{index}", "v1"))
+        ctx.cluster.set_policies(
+            harness.policy("bench"), harness.policy("registry", images=[f"{held.host}/**"])
+        )
+        with harness.Stub(ctx.base) as stub:
+            webhook = ctx.webhook(
+                stub,
+                *("--cache-ttl", f"{REGISTRY_TTL_S}s", "--registry-ca-file", str(held.ca_file)),
+            ).start()
+            try:
+                targets = pod_targets(ctx, "profile", webhook.url(), 2000, lambda _: images)
+                assert prime(webhook.url(), ctx.tls.ca, images)["response"].get("patch")
+                for rate in PROFILE_RATES:
+                    output = ctx.path(f"profile-{rate}.txt")
+                    ctx.settle()
+                    # The sampler starts after vegeta's 3 s warm-up and stops before its end.
+                    samplers: list[subprocess.Popen[bytes]] = []
+                    timer = threading.Timer(
+                        3.5,
+                        lambda out=output, into=samplers: into.append(
+                            sampling.record(webhook.pid, duration - 2, out)
+                        ),
+                    )
+                    timer.start()
+                    summary, _ = measure(webhook.pid, targets, rate, ctx=ctx, duration=duration)
+                    timer.join()
+                    for sampler in samplers:
+                        sampler.wait(timeout=60)
+                    summary |= sampling.summarize(output.read_text().splitlines())
+                    results["runs"].append(summary)
+                    log(f"profile {rate}/s: {brief(summary)}, {summary.get('own_share_by_layer')}")
+            finally:
+                webhook.stop()
+    ctx.cluster.set_policies(harness.policy("bench"))
+    return results
+
+
 BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "warm": warm,
     "cold": cold,
@@ -1477,6 +1531,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "overload": overload,
     "hostile": hostile,
     "registry": registry,
+    "profile": profile,
 }
 
 
