@@ -270,7 +270,8 @@ async def test_shed_admissions_are_refused_and_the_connection_kept(
         body = json.dumps(review()).encode()
         before = counter("digestguard_admissions_refused_total", {"reason": "overloaded"})
         with sock:
-            admission_server.shedding = True
+            shed = True
+            admission_server.sheds = lambda: shed  # type: ignore[method-assign]
             # Whole in one write: refused before aiohttp sees it; in two: by the handler.
             for split in (False, True):
                 status, headers, answer = await asyncio.to_thread(
@@ -283,7 +284,7 @@ async def test_shed_admissions_are_refused_and_the_connection_kept(
                 assert "overloaded" in answer["response"]["status"]["message"]
             assert fn.entered == 0
             # No longer shedding, the same connection is served as before.
-            admission_server.shedding = False
+            shed = False
             status, _, answer = await asyncio.to_thread(_exchange, sock, _raw_post(body))
             assert status == 200
             assert answer["response"]["allowed"] is True

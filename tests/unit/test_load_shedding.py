@@ -91,3 +91,24 @@ def test_zero_turns_shedding_off() -> None:
     replica.shed_lag = 0
     feed([1.0] * 20)
     assert not replica.shedding
+
+
+def test_overloaded_it_refuses_as_soon_as_the_next_measurement_is_overdue() -> None:
+    replica = fresh()
+    feed = Feed(replica)
+    feed([0.02] * 10)
+    feed([0.001])
+    assert not replica.shedding
+    replica._clock = lambda: feed.now + PROBE  # the next measurement is due just now
+    replica._probe_due = feed.now + PROBE
+    assert not replica.sheds()
+    # The loop has not come round to it 6 ms later: it lags now, before it measures so.
+    replica._clock = lambda: feed.now + PROBE + 0.006
+    assert replica.sheds()
+
+
+def test_a_replica_that_is_not_overloaded_never_sheds_on_an_overdue_measurement() -> None:
+    replica = fresh()
+    replica._clock = lambda: 100.0
+    replica._probe_due = 1.0
+    assert not replica.sheds()

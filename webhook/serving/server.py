@@ -197,6 +197,10 @@ class AdmissionServer:
         self.shedding = False
         """Whether admissions are refused now (see `observe_lag`)."""
         self._overloaded_until: float | None = None
+        self._probe_due = 0.0
+        """When (by `_clock`) the next lag measurement is due."""
+        self._clock: Callable[[], float] = time.monotonic
+        """The event loop's clock, once the lag is being measured."""
         self._lagging_since: float | None = None
         self._lagging_cpu = 0.0
         self._lagging_samples = 0
@@ -287,11 +291,20 @@ class AdmissionServer:
 
     async def _watch_lag(self) -> None:
         loop = asyncio.get_running_loop()
+        self._clock = loop.time
         while True:
-            due = loop.time() + LAG_PROBE
+            self._probe_due = due = loop.time() + LAG_PROBE
             await asyncio.sleep(LAG_PROBE)
             now = loop.time()
             self.observe_lag(now - due, now, time.thread_time())
+
+    def sheds(self) -> bool:
+        """Whether an admission arriving now is refused: the replica is overloaded and
+        the loop lags, by its last measurement or by how overdue the next one is (the
+        lag can rise between two measurements, and a refusal should not wait for it)."""
+        if self._overloaded_until is None:
+            return False
+        return self.shedding or self._clock() - self._probe_due > self.shed_lag
 
     def observe_lag(self, lag: float, now: float, cpu: float) -> None:
         """Take one measurement: the event loop ran `lag` seconds late at `now` (loop
@@ -303,9 +316,10 @@ class AdmissionServer:
         node is busy, or another thread holds the GIL (a big policy being indexed, a
         pod of thousands of containers being decided), and refusing would not help.
 
-        Overloaded, each admission is refused while the last measurement lags, so the
-        lag hovers near `shed_lag` and what is served is what the core can serve
-        promptly; the state ends after `OVERLOAD_HOLD` with no lag."""
+        Overloaded, each admission is refused while the last measurement lags (or the
+        next is overdue: `sheds`), so the lag hovers near `shed_lag` and what is served
+        is what the core can serve promptly; the state ends after `OVERLOAD_HOLD` with
+        no lag."""
         self.lag = lag
         metrics.LOOP_LAG.set(lag)
         lagging = bool(self.shed_lag) and lag > self.shed_lag
@@ -427,7 +441,7 @@ class AdmissionServer:
         if unreadable:
             metrics.ADMISSIONS_REFUSED.labels("unsupported-body").inc()
             return _json(415, reviews.refusal("", 415, unreadable))
-        if self.shedding:
+        if self.sheds():
             metrics.ADMISSIONS_REFUSED.labels("overloaded").inc()
             return _shed()
         if self._inflight >= self.max_inflight:
@@ -715,7 +729,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if (
-            self._server.shedding
+            self._server.sheds()
             and self.active == 0
             and not self._partial
             and not self._server._draining
