@@ -192,8 +192,6 @@ class AdmissionServer:
         self._site: _Site | None = None
         self.shed_lag = shed_lag
         """Event-loop lag, in seconds, past which admissions are shed (0: never)."""
-        self.lag = 0.0
-        """The event loop's lag at its last measurement, in seconds."""
         self.shedding = False
         """Whether admissions are refused now (see `observe_lag`)."""
         self._overloaded_until: float | None = None
@@ -320,7 +318,6 @@ class AdmissionServer:
         next is overdue: `sheds`), so the lag hovers near `shed_lag` and what is served
         is what the core can serve promptly; the state ends after `OVERLOAD_HOLD` with
         no lag."""
-        self.lag = lag
         metrics.LOOP_LAG.set(lag)
         lagging = bool(self.shed_lag) and lag > self.shed_lag
         if self._overloaded_until is not None:
@@ -442,10 +439,10 @@ class AdmissionServer:
             metrics.ADMISSIONS_REFUSED.labels("unsupported-body").inc()
             return _json(415, reviews.refusal("", 415, unreadable))
         if self.sheds():
-            metrics.ADMISSIONS_REFUSED.labels("overloaded").inc()
+            _OVERLOADED.inc()
             return _shed()
         if self._inflight >= self.max_inflight:
-            metrics.ADMISSIONS_REFUSED.labels("overloaded").inc()
+            _OVERLOADED.inc()
             message = (
                 f"digestguard is answering {self._inflight} admissions already (its limit);"
                 " this one is refused rather than queued"
@@ -503,7 +500,7 @@ class AdmissionServer:
             connection.request_read()
         # Before the body is decoded: a refusal costs as little as it can.
         if not await self._take_turn():
-            metrics.ADMISSIONS_REFUSED.labels("overloaded").inc()
+            _OVERLOADED.inc()
             message = (
                 f"digestguard is deciding {self.max_deciding} admissions already (its limit)"
                 " and none finished in time; this one is refused rather than queued"
@@ -738,7 +735,7 @@ class _Connection(asyncio.Protocol):
         ):
             # Overloaded: a request that came whole is refused here, never parsed by
             # aiohttp nor given a task. What is left of its cost is TLS.
-            _SHED_COUNTER.inc()
+            _OVERLOADED.inc()
             self._transport.write(_shed_answer(int(time.time())))
             return
         if self._reading is None and self.active == 0:
@@ -930,7 +927,7 @@ _SHED_BODY: Final = json.dumps(
 """The refusal of a shed admission, encoded once: it may be sent thousands of times a second."""
 
 
-_SHED_COUNTER: Final = metrics.ADMISSIONS_REFUSED.labels("overloaded")
+_OVERLOADED: Final = metrics.ADMISSIONS_REFUSED.labels("overloaded")
 _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,9})[ \t]*(?:\r\n|$)")
 
 
@@ -963,15 +960,17 @@ def _shed_answer(second: int) -> bytes:
 
 
 def _shed() -> aiohttp.web.Response:
-    return aiohttp.web.Response(
-        status=429, body=_SHED_BODY, content_type="application/json", headers={"Retry-After": "1"}
-    )
+    return _encoded(429, _SHED_BODY)
 
 
 def _json(status: int, payload: Any) -> aiohttp.web.Response:
+    return _encoded(status, json.dumps(payload).encode())
+
+
+def _encoded(status: int, body: bytes) -> aiohttp.web.Response:
     return aiohttp.web.Response(
         status=status,
-        body=json.dumps(payload).encode(),
+        body=body,
         content_type="application/json",
         # Every refusal for load says when to come back.
         headers={"Retry-After": "1"} if status == 429 else None,
