@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1404,12 +1404,43 @@ REGISTRY_TTL_S = 10
 """Short enough that every tag expires (and is refreshed) a few times in each run."""
 
 
+@contextlib.contextmanager
+def _registry_webhook(
+    ctx: Context, scheme: str, *, seed: str
+) -> Iterator[tuple[harness.Webhook, list[str]]]:
+    """The user's setup: 3 images in the real registry (`https` with its token flow, or
+    plain `http`), a Mutate policy over it, and a webhook trusting it with a
+    `REGISTRY_TTL_S` cache; policies back to the bench's own afterwards."""
+    from tests.support import oci_registry
+
+    with oci_registry.running_registry(secured=scheme == "https") as held:
+        images: list[str] = []
+        for index in range(3):
+            held.push_image(f"bench/app{index}", "v1", seed=f"{seed}-{index}")
+            images.append(held.image(f"bench/app{index}", "v1"))
+        ctx.cluster.set_policies(
+            harness.policy("bench"), harness.policy("registry", images=[f"{held.host}/**"])
+        )
+        trust = (
+            ["--registry-ca-file", str(held.ca_file)]
+            if held.ca_file is not None
+            else ["--insecure-registries", held.host]
+        )
+        try:
+            with harness.Stub(ctx.base) as stub:
+                webhook = ctx.webhook(stub, "--cache-ttl", f"{REGISTRY_TTL_S}s", *trust).start()
+                try:
+                    yield webhook, images
+                finally:
+                    webhook.stop()
+        finally:
+            ctx.cluster.set_policies(harness.policy("bench"))
+
+
 def registry(ctx: Context) -> dict[str, Any]:
     """Warm admissions of 3 images held by the real registry (Debian's docker-registry),
     HTTPS with its token flow, then plain HTTP: latency, share answered, registry
     requests per 1,000 admissions, CPU per admission and RSS at each rate."""
-    from tests.support import oci_registry
-
     duration = ctx.seconds(30, 3)
     results: dict[str, Any] = {
         "duration_s": duration,
@@ -1419,52 +1450,27 @@ def registry(ctx: Context) -> dict[str, Any]:
         "runs": [],
     }
     for scheme in ("https", "http"):
-        with oci_registry.running_registry(secured=scheme == "https") as held:
-            images: list[str] = []
-            for index in range(3):
-                held.push_image(f"bench/app{index}", "v1", seed=f"registry-{scheme}-{index}")
-                images.append(held.image(f"bench/app{index}", "v1"))
-            ctx.cluster.set_policies(
-                harness.policy("bench"), harness.policy("registry", images=[f"{held.host}/**"])
+        with _registry_webhook(ctx, scheme, seed=f"registry-{scheme}") as (webhook, images):
+            targets = pod_targets(
+                ctx, f"registry-{scheme}", webhook.url(), 2000, lambda _, these=images: these
             )
-            trust = (
-                ["--registry-ca-file", str(held.ca_file)]
-                if held.ca_file is not None
-                else ["--insecure-registries", held.host]
-            )
-            with harness.Stub(ctx.base) as stub:
-                webhook = ctx.webhook(stub, "--cache-ttl", f"{REGISTRY_TTL_S}s", *trust).start()
-                try:
-                    targets = pod_targets(
-                        ctx,
-                        f"registry-{scheme}",
-                        webhook.url(),
-                        2000,
-                        lambda _, these=images: these,
-                    )
-                    primed = prime(webhook.url(), ctx.tls.ca, images)
-                    assert primed["response"].get("patch"), primed
-                    results[f"idle_rss_kib_{scheme}"] = webhook.rss_kib()
-                    for rate in REGISTRY_RATES:
-                        calls_before = webhook.metric("digestguard_registry_calls_total")
-                        summary, _ = measure(webhook.pid, targets, rate, ctx=ctx, duration=duration)
-                        calls = webhook.metric("digestguard_registry_calls_total") - calls_before
-                        summary |= {
-                            "scheme": scheme,
-                            "registry_calls": calls,
-                            "registry_calls_per_1000": round(
-                                calls * 1000 / max(1, summary["requests_sent"]), 2
-                            ),
-                            "rss_kib": webhook.rss_kib(),
-                        }
-                        results["runs"].append(summary)
-                        log(
-                            f"registry {scheme} {rate}/s: {brief(summary)},"
-                            f" {calls:.0f} registry calls"
-                        )
-                finally:
-                    webhook.stop()
-    ctx.cluster.set_policies(harness.policy("bench"))
+            primed = prime(webhook.url(), ctx.tls.ca, images)
+            assert primed["response"].get("patch"), primed
+            results[f"idle_rss_kib_{scheme}"] = webhook.rss_kib()
+            for rate in REGISTRY_RATES:
+                calls_before = webhook.metric("digestguard_registry_calls_total")
+                summary, _ = measure(webhook.pid, targets, rate, ctx=ctx, duration=duration)
+                calls = webhook.metric("digestguard_registry_calls_total") - calls_before
+                summary |= {
+                    "scheme": scheme,
+                    "registry_calls": calls,
+                    "registry_calls_per_1000": round(
+                        calls * 1000 / max(1, summary["requests_sent"]), 2
+                    ),
+                    "rss_kib": webhook.rss_kib(),
+                }
+                results["runs"].append(summary)
+                log(f"registry {scheme} {rate}/s: {brief(summary)}, {calls:.0f} registry calls")
     return results
 
 
@@ -1476,48 +1482,31 @@ def profile(ctx: Context) -> dict[str, Any]:
     """The registry setup over HTTPS at 500/s and 800/s, the webhook sampled by py-spy:
     the share of its CPU in each layer (kopf, aiohttp, TLS, the event loop, ours)."""
     from bench import profile as sampling
-    from tests.support import oci_registry
 
     duration = ctx.seconds(PROFILE_SECONDS, 5)
     results: dict[str, Any] = {"duration_s": duration, "images": 3, "runs": []}
-    with oci_registry.running_registry(secured=True) as held:
-        images = []
-        for index in range(3):
-            held.push_image(f"bench/app{index}", "v1", seed=f"profile-{index}")
-            images.append(held.image(f"bench/app{index}", "v1"))
-        ctx.cluster.set_policies(
-            harness.policy("bench"), harness.policy("registry", images=[f"{held.host}/**"])
-        )
-        with harness.Stub(ctx.base) as stub:
-            webhook = ctx.webhook(
-                stub,
-                *("--cache-ttl", f"{REGISTRY_TTL_S}s", "--registry-ca-file", str(held.ca_file)),
-            ).start()
-            try:
-                targets = pod_targets(ctx, "profile", webhook.url(), 2000, lambda _: images)
-                assert prime(webhook.url(), ctx.tls.ca, images)["response"].get("patch")
-                for rate in PROFILE_RATES:
-                    output = ctx.path(f"profile-{rate}.txt")
-                    ctx.settle()
-                    # The sampler starts after vegeta's 3 s warm-up and stops before its end.
-                    samplers: list[subprocess.Popen[bytes]] = []
-                    timer = threading.Timer(
-                        3.5,
-                        lambda out=output, into=samplers: into.append(
-                            sampling.record(webhook.pid, duration - 2, out)
-                        ),
-                    )
-                    timer.start()
-                    summary, _ = measure(webhook.pid, targets, rate, ctx=ctx, duration=duration)
-                    timer.join()
-                    for sampler in samplers:
-                        sampler.wait(timeout=60)
-                    summary |= sampling.summarize(output.read_text().splitlines())
-                    results["runs"].append(summary)
-                    log(f"profile {rate}/s: {brief(summary)}, {summary.get('own_share_by_layer')}")
-            finally:
-                webhook.stop()
-    ctx.cluster.set_policies(harness.policy("bench"))
+    with _registry_webhook(ctx, "https", seed="profile") as (webhook, images):
+        targets = pod_targets(ctx, "profile", webhook.url(), 2000, lambda _: images)
+        assert prime(webhook.url(), ctx.tls.ca, images)["response"].get("patch")
+        for rate in PROFILE_RATES:
+            output = ctx.path(f"profile-{rate}.txt")
+            ctx.settle()
+            # The sampler starts after vegeta's 3 s warm-up and stops before its end.
+            samplers: list[subprocess.Popen[bytes]] = []
+            timer = threading.Timer(
+                3.5,
+                lambda out=output, into=samplers: into.append(
+                    sampling.record(webhook.pid, duration - 2, out)
+                ),
+            )
+            timer.start()
+            summary, _ = measure(webhook.pid, targets, rate, ctx=ctx, duration=duration)
+            timer.join()
+            for sampler in samplers:
+                sampler.wait(timeout=60)
+            summary |= sampling.summarize(output.read_text().splitlines())
+            results["runs"].append(summary)
+            log(f"profile {rate}/s: {brief(summary)}, {summary.get('own_share_by_layer')}")
     return results
 
 
